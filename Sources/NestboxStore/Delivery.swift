@@ -1,0 +1,229 @@
+// The delivery pipeline shared by every front end (deliver's argv + stdin, LMTP transactions).
+//
+// 1. Each recipient is resolved: address -> user (or the shared area) -> target folder. A
+//    +detail or -m folder is used only if that folder exists and the identity may post to it
+//    (`p` in its dovecot-acl; the owner always may); otherwise the message goes to INBOX. An
+//    invalid folder name from an address is not an error: it is logged and INBOX is used.
+//    A user without INBOX is unknown unless autocreate_post and autocreate_quota >= 0.
+// 2. The message is spooled once (Spool.swift) and fsynced.
+// 3. Per recipient: quota check (unless ignore-quota; strict counts the incoming message);
+//    hard link of the spool file into the folder's tmp/, rename into new/ under its final name
+//    `<base>,S=<size>,W=<vsize>`, fsync of new/. From here on the message is safely delivered.
+//    Then the UID is appended to dovecot-uidlist and the quota delta to maildirsize. A failure
+//    in those two after the rename is logged but does not fail the delivery: the message is on
+//    disk, Dovecot gives it a UID when it next looks, and reporting a failure would make Postfix
+//    deliver it twice.
+// 4. Each recipient gets its own outcome; a failure before the rename removes what it created.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import NestboxSupport
+
+public struct DeliveryTarget: Sendable {
+    public var recipient: String
+    public var folder: Folder
+    public var quota: QuotaRoot
+    /// `alice/Work`, `public/News`, for the log.
+    public var label: String
+}
+
+public struct RecipientResult: Sendable {
+    public var recipient: String
+    public var outcome: Outcome
+    public var mailbox: String?
+    public var uid: UInt32?
+    /// For the log: what happened, in the Postfix manner.
+    public var detail: String
+
+    public init(recipient: String, outcome: Outcome, mailbox: String? = nil, uid: UInt32? = nil, detail: String) {
+        self.recipient = recipient
+        self.outcome = outcome
+        self.mailbox = mailbox
+        self.uid = uid
+        self.detail = detail
+    }
+}
+
+public struct Delivery: Sendable {
+    public let store: MailStore
+    public var config: Config { store.config }
+
+    public init(store: MailStore) {
+        self.store = store
+    }
+
+    // MARK: Resolving
+
+    /// Resolves a personal recipient. `folderName` is -m (it wins over the +detail).
+    public func resolve(_ address: String, folderName: String?, identity: String?) throws -> DeliveryTarget {
+        let r = try store.parseRecipient(address)
+        if !config.postUser.isEmpty && r.user == config.postUser.lowercased() {
+            guard let name = folderName ?? r.detail else { throw NestboxFailure(.userUnknown, "\(address): \(config.postUser) without a folder") }
+            return try resolveShared(name, domain: r.domain, identity: identity, recipient: address)
+        }
+        let root = try store.userRoot(r)
+        let inbox = store.inbox(of: root)
+        if !inbox.exists {
+            guard config.autocreatePost && config.autocreateQuota >= 0 else {
+                throw NestboxFailure(.userUnknown, "\(r.address): no mailbox at \(root)")
+            }
+            let limits = QuotaLimits(bytes: config.autocreateQuota * 1024,
+                                     messages: config.autocreateQuotaMessages > 0 ? config.autocreateQuotaMessages : nil)
+            try store.createUser(root: root, limits: limits, folders: config.autocreateInboxFolders)
+            Log.info("\(r.address): created INBOX at \(root) (quota \(limits.line))")
+        }
+        var target = inbox
+        if let wanted = folderName ?? r.detail {
+            do {
+                let f = try store.folder(wanted, in: root)
+                if f.isRoot {
+                    target = f
+                } else if !f.exists {
+                    Log.info("\(r.address): folder \(Names.printable(wanted)) does not exist; delivering to INBOX")
+                } else if try ACL.read(folder: f.path).mayPost(identity, owner: r.address) || identity == r.user {
+                    target = f
+                } else {
+                    Log.info("\(r.address): \(identity ?? "anonymous") may not post to \(Names.printable(wanted)); delivering to INBOX")
+                }
+            } catch let e as NestboxFailure {
+                Log.warning("\(r.address): folder \(e.detail); delivering to INBOX")
+            }
+        }
+        let label = target.isRoot ? r.address : "\(r.address)/\(target.name)"
+        return DeliveryTarget(recipient: address, folder: target, quota: QuotaRoot(root: root), label: label)
+    }
+
+    /// Resolves a shared folder (deliver -m without users, or `postuser+folder`).
+    public func resolveShared(_ name: String, domain: String?, identity: String?, recipient: String? = nil) throws -> DeliveryTarget {
+        let root = try store.sharedRoot(domain: domain)
+        let f: Folder
+        do {
+            f = try store.folder(name, in: root)
+        } catch let e as NestboxFailure {
+            throw NestboxFailure(.userUnknown.with(text: "Mailbox unknown"), "shared \(e.detail)")
+        }
+        guard f.exists, !f.isRoot else {
+            throw NestboxFailure(.userUnknown.with(text: "Mailbox unknown"), "shared folder \(Names.printable(name)) does not exist")
+        }
+        guard try ACL.read(folder: f.path).mayPost(identity, owner: nil) else {
+            throw NestboxFailure(.noPermission, "\(identity ?? "anonymous") has no p right on shared folder \(f.name)")
+        }
+        return DeliveryTarget(recipient: recipient ?? "\(MailStore.sharedUser)/\(f.name)", folder: f,
+                              quota: QuotaRoot(root: root), label: "\(MailStore.sharedUser)/\(f.name)")
+    }
+
+    // MARK: Storing
+
+    /// Delivers the spooled message into one target. Never throws: the outcome says it all.
+    public func store(_ message: SpooledMessage, into target: DeliveryTarget, ignoreQuota: Bool) -> RecipientResult {
+        var result = RecipientResult(recipient: target.recipient, outcome: .delivered, mailbox: target.label, uid: nil, detail: "delivered")
+        do {
+            if !ignoreQuota, let state = try target.quota.current() {
+                let incoming = config.strictQuota ? QuotaUsage(bytes: message.size, messages: 1) : nil
+                if state.isOver(adding: incoming) {
+                    let row: Outcome = config.overQuotaIsPermanent ? .overQuotaPermanent : .overQuota
+                    throw NestboxFailure(row, "over quota: \(state.usage.bytes) bytes, \(state.usage.messages) messages of \(state.limits.line)")
+                }
+            }
+            let final = try link(message, into: target.folder)
+            do {
+                let lock = try target.folder.uidList.lock()
+                defer { lock.release() }
+                result.uid = try target.folder.uidList.appendLocked([final]).first
+            } catch {
+                Log.warning("\(target.label): delivered, but no UID recorded yet: \(error)")
+            }
+            do {
+                try target.quota.append(bytes: message.size, messages: 1)
+            } catch {
+                Log.warning("\(target.label): delivered, but maildirsize not updated: \(error)")
+            }
+        } catch let failure as NestboxFailure {
+            result.outcome = failure.outcome
+            result.detail = failure.detail
+        } catch {
+            result.outcome = .temporary
+            result.detail = "\(error)"
+        }
+        return result
+    }
+
+    /// tmp/ -> new/ -> fsync; returns the stem written. Removes what it made on failure.
+    func link(_ message: SpooledMessage, into folder: Folder) throws -> String {
+        let base = MaildirName.newBase(host: config.serverName)
+        let stem = MaildirName.stem(base: base, size: message.size, virtualSize: message.virtualSize)
+        let tmp = "\(folder.path)/tmp/\(base)"
+        let new = "\(folder.path)/new/\(stem)"
+        if Glibc.link(message.path, tmp) != 0 {
+            let code = errno
+            guard code == EXDEV || code == EPERM || code == EMLINK else { throw NestboxFailure.system("link \(message.path) to", tmp, errno: code) }
+            try copy(message.path, to: tmp)
+        }
+        do {
+            try Files.rename(tmp, new)
+        } catch {
+            Files.removeQuietly(tmp)
+            throw error
+        }
+        do {
+            try Files.fsyncDirectory("\(folder.path)/new")
+        } catch {
+            Files.removeQuietly(new)
+            throw error
+        }
+        return stem
+    }
+
+    private func copy(_ from: String, to: String) throws {
+        guard let input = try Files.openForReading(from) else { throw NestboxFailure.system("open", from, errno: ENOENT) }
+        defer { close(input) }
+        let output = try Files.createExclusive(to)
+        do {
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
+                if n < 0 { if errno == EINTR { continue }; throw NestboxFailure.system("read", from) }
+                if n == 0 { break }
+                try buffer.withUnsafeBytes { try Files.writeAll(output, UnsafeRawBufferPointer(rebasing: $0[0..<n]), path: to) }
+            }
+            try Files.fsync(output, path: to)
+            try Files.close(output, path: to)
+        } catch {
+            close(output)
+            Files.removeQuietly(to)
+            throw error
+        }
+    }
+
+    // MARK: Trace headers and logs
+
+    /// RFC 5322 date of now, in local time.
+    public static func rfc5322Date() -> String {
+        var t = time(nil)
+        var tmv = tm()
+        localtime_r(&t, &tmv)
+        var buffer = [CChar](repeating: 0, count: 64)
+        let n = strftime(&buffer, buffer.count, "%a, %d %b %Y %H:%M:%S %z", &tmv)
+        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// One log line per recipient, `key=value` in the Postfix manner.
+    public static func logLine(id: String, sender: String?, result: RecipientResult, message: SpooledMessage?) -> String {
+        var parts = ["\(id): from=<\(sender ?? "")>", "to=<\(Names.printable(result.recipient))>"]
+        if let m = result.mailbox { parts.append("mailbox=\(Names.printable(m))") }
+        if let uid = result.uid { parts.append("uid=\(uid)") }
+        if let message {
+            parts.append("size=\(message.size)")
+            if let id = message.messageID { parts.append("msgid=\(Names.printable(id))") }
+        }
+        let status: String
+        if result.outcome.isSuccess { status = "sent (\(result.detail))" }
+        else if result.outcome.isTemporary { status = "deferred (\(result.outcome.dsnLine): \(result.detail))" }
+        else { status = "bounced (\(result.outcome.dsnLine): \(result.detail))" }
+        parts.append("status=\(status)")
+        return parts.joined(separator: " ")
+    }
+}

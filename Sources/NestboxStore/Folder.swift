@@ -1,0 +1,165 @@
+// One Maildir folder: its directories, its messages with their UIDs, flags and keywords.
+//
+// A folder exists when its `cur/` directory does. Creating one makes tmp/, new/ and cur/ (0700)
+// and, below a user's root, the empty `maildirfolder` file (never in the root itself: it breaks
+// quota lookups). Listing joins the files of new/ and cur/ with dovecot-uidlist by stem; files
+// the list does not know yet get their UIDs from `assignUIDs()`, under the lock, in Dovecot's
+// order (seconds, then microseconds, then the name).
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import NestboxSupport
+
+public struct StoredMessage: Equatable, Sendable {
+    public var uid: UInt32?
+    /// "new" or "cur".
+    public var subdirectory: String
+    public var name: MaildirName
+    /// Flags by IMAP name (\Seen, \Deleted...), keywords by their names.
+    public var flags: [String]
+    public var keywords: [String]
+    public var size: Int64
+    public var virtualSize: Int64?
+    public var path: String
+}
+
+public struct Folder: Sendable {
+    /// The folder's directory.
+    public let path: String
+    /// The user's (or the shared area's) root, where dovecot-uidvalidity and maildirsize live.
+    public let mailRoot: String
+    /// Display name ("INBOX", "Work/Sub").
+    public let name: String
+
+    public init(path: String, mailRoot: String, name: String) {
+        self.path = path
+        self.mailRoot = mailRoot
+        self.name = name
+    }
+
+    public var isRoot: Bool { path == mailRoot }
+    public var exists: Bool { Files.isDirectory("\(path)/cur") }
+    public var uidList: UIDListFile { UIDListFile(folder: path, mailRoot: mailRoot) }
+
+    /// Creates the folder (and its root's directories when needed). Idempotent.
+    public func create() throws {
+        if !isRoot {
+            try Folder(path: mailRoot, mailRoot: mailRoot, name: "INBOX").create()
+        }
+        try Files.makeDirectory(path)
+        for sub in ["tmp", "new", "cur"] { try Files.makeDirectory("\(path)/\(sub)") }
+        if !isRoot {
+            let marker = "\(path)/maildirfolder"
+            if !Files.exists(marker) {
+                let fd = open(marker, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, Files.fileMode)
+                if fd < 0 { throw NestboxFailure.system("create", marker) }
+                close(fd)
+            }
+        }
+        try Files.fsyncDirectory(path)
+        try Files.fsyncDirectory(Files.directoryName(path))
+    }
+
+    // MARK: Listing
+
+    /// Every message file in new/ and cur/ (no UIDs yet).
+    func files() throws -> [(sub: String, name: MaildirName)] {
+        var out: [(String, MaildirName)] = []
+        for sub in ["new", "cur"] {
+            for n in try Files.list("\(path)/\(sub)") ?? [] where MaildirName.isMessageName(n) {
+                out.append((sub, MaildirName(n)))
+            }
+        }
+        return out
+    }
+
+    /// The messages, in UID order; those without a UID yet come last.
+    public func messages() throws -> [StoredMessage] {
+        let uids = try uidList.read()?.uidsByStem() ?? [:]
+        let keywords = try Keywords.read(folder: path)
+        var result: [StoredMessage] = []
+        for (sub, name) in try files() {
+            let filePath = "\(path)/\(sub)/\(name.fileName)"
+            var size = name.size ?? -1
+            if size < 0 { size = Int64((try Files.status(filePath))?.st_size ?? 0) }
+            var flags: [String] = []
+            var kws: [String] = []
+            for letter in name.flagLetters {
+                if let f = MaildirFlag(rawValue: letter) { flags.append(f.imapName) }
+                else if let k = keywords.name(of: letter) { kws.append(k) }
+            }
+            result.append(StoredMessage(uid: uids[name.stem], subdirectory: sub, name: name, flags: flags, keywords: kws,
+                                        size: size, virtualSize: name.virtualSize, path: filePath))
+        }
+        result.sort { ($0.uid ?? UInt32.max, $0.name.stem) < ($1.uid ?? UInt32.max, $1.name.stem) }
+        return result
+    }
+
+    /// Gives UIDs to files that the list does not know, in Dovecot's order. Returns how many.
+    @discardableResult
+    public func assignUIDs() throws -> Int {
+        let lock = try uidList.lock()
+        defer { lock.release() }
+        let known = try uidList.read()?.uidsByStem() ?? [:]
+        let fresh = try files().map { $0.name.stem }.filter { known[$0] == nil }
+        let ordered = Set(fresh).sorted(by: Folder.dovecotOrder)
+        _ = try uidList.appendLocked(ordered)
+        return ordered.count
+    }
+
+    /// Dovecot's order for new files: leading seconds, then the M<usec> value, then the name.
+    public static func dovecotOrder(_ a: String, _ b: String) -> Bool {
+        func key(_ s: String) -> (Int64, Int64) {
+            let secs = Int64(s.prefix { $0.isASCII && $0.isNumber }) ?? 0
+            var usec: Int64 = 0
+            if let dot = s.firstIndex(of: "."), s[s.index(after: dot)...].first == "M" {
+                usec = Int64(s[s.index(dot, offsetBy: 2)...].prefix { $0.isASCII && $0.isNumber }) ?? 0
+            }
+            return (secs, usec)
+        }
+        let ka = key(a), kb = key(b)
+        if ka != kb { return ka < kb }
+        return a < b
+    }
+
+    // MARK: Flags
+
+    /// Sets the flags (IMAP names) and keywords of the message with `uid`, moving it to cur/.
+    /// Keywords new to the folder are added to dovecot-keywords (at most 26).
+    public func setFlags(uid: UInt32, flags: [String], keywords: [String]) throws {
+        let lock = try uidList.lock()
+        defer { lock.release() }
+        guard let list = try uidList.read(), let record = list.records.first(where: { $0.uid == uid }) else {
+            throw NestboxFailure(.temporary, "\(path): no message with uid \(uid)")
+        }
+        guard let (sub, name) = try files().first(where: { $0.name.stem == record.stem }) else {
+            throw NestboxFailure(.temporary, "\(path): uid \(uid) has no file")
+        }
+        var letters = ""
+        for f in flags {
+            guard let flag = MaildirFlag(imapName: f) else { throw NestboxFailure(.dataError, "unknown flag \(f)") }
+            letters.append(flag.rawValue)
+        }
+        // Keep letters we do not manage (P, unknown ones).
+        for c in name.flagLetters where c == "P" || (MaildirFlag(rawValue: c) == nil && !(c.isLowercase && c.isASCII)) {
+            letters.append(c)
+        }
+        var table = try Keywords.read(folder: path)
+        let before = table
+        for k in keywords {
+            guard let l = table.letterAdding(k) else { throw NestboxFailure(.temporary, "\(path): more than 26 keywords") }
+            letters.append(l)
+        }
+        if table != before { try table.writeLocked(folder: path) }
+        let newName = name.with(flags: letters)
+        let from = "\(path)/\(sub)/\(name.fileName)", to = "\(path)/cur/\(newName.fileName)"
+        if from != to {
+            try Files.rename(from, to)
+            try Files.fsyncDirectory("\(path)/cur")
+            if sub == "new" { try Files.fsyncDirectory("\(path)/new") }
+        }
+    }
+}

@@ -1,0 +1,352 @@
+// dovecot-uidlist: the map from Maildir file to IMAP UID, one per folder.
+//
+// Why it is handled the way it is:
+// - Dovecot declares the file corrupt, deletes it and renumbers every message (clients then
+//   download the whole mailbox again) if V or N is 0, N went down for the same V, UIDs are not
+//   strictly increasing, or a name is empty or has a `/`. So: N is never lowered, a V is never
+//   reused with another mapping, and records are only ever appended in ascending UID order.
+// - Readers take no lock; writers hold `dovecot-uidlist.lock` (DotLock, Dovecot's rules).
+// - An append writes whole lines at the end and fdatasyncs; the header is not rewritten (the
+//   effective next UID is max(N, last UID + 1), which is also how Dovecot reads it).
+// - A rewrite goes through `dovecot-uidlist.tmp` and rename(), so that Dovecot, which caches by
+//   inode, size and mtime, sees a new file.
+// - Appending only needs the header line and the last record, so it reads the first and the last
+//   few KiB of the file: delivery stays O(1) as a folder grows to 100k messages.
+// - Records name files by their stem (the part before `:`); old files with full names are
+//   matched on that part too.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import NestboxSupport
+
+public struct UIDList: Equatable, Sendable {
+    public struct Header: Equatable, Sendable {
+        public var version: Int = 3
+        public var uidValidity: UInt32
+        public var nextUID: UInt32
+        public var guid: String
+        /// Other `<letter><value>` tokens, kept verbatim.
+        public var extra: [String] = []
+
+        public init(uidValidity: UInt32, nextUID: UInt32, guid: String, extra: [String] = []) {
+            self.uidValidity = uidValidity
+            self.nextUID = nextUID
+            self.guid = guid
+            self.extra = extra
+        }
+
+        public var line: String {
+            var tokens = ["3", "V\(uidValidity)", "N\(nextUID)"]
+            if !guid.isEmpty { tokens.append("G\(guid)") }
+            tokens += extra
+            return tokens.joined(separator: " ")
+        }
+    }
+
+    public struct Record: Equatable, Sendable {
+        public var uid: UInt32
+        /// Extension tokens (`S1234`, `W1260`, ...), kept verbatim.
+        public var extensions: [String]
+        /// The file name as recorded; `stem` is what to match on.
+        public var name: String
+        public var stem: String { MaildirName(name).stem }
+
+        public init(uid: UInt32, extensions: [String] = [], name: String) {
+            self.uid = uid
+            self.extensions = extensions
+            self.name = name
+        }
+
+        public var line: String {
+            (["\(uid)"] + extensions).joined(separator: " ") + " :" + name
+        }
+    }
+
+    public var header: Header
+    public var records: [Record]
+
+    public init(header: Header, records: [Record] = []) {
+        self.header = header
+        self.records = records
+    }
+
+    /// max(N, last UID + 1).
+    public var nextUID: UInt32 {
+        max(header.nextUID, (records.last?.uid ?? 0) + 1)
+    }
+
+    public struct Corrupt: Error, CustomStringConvertible, Sendable {
+        public let line: Int
+        public let reason: String
+        public var description: String { "line \(line): \(reason)" }
+    }
+
+    // MARK: Parsing
+
+    public static func parseHeader(_ line: Substring) throws -> Header {
+        let tokens = line.split(separator: " ", omittingEmptySubsequences: true)
+        guard let version = tokens.first.flatMap({ Int($0) }) else { throw Corrupt(line: 1, reason: "no version") }
+        switch version {
+        case 1:
+            // "1 <uidvalidity> <nextuid>"
+            guard tokens.count >= 3, let v = UInt32(tokens[1]), let n = UInt32(tokens[2]) else {
+                throw Corrupt(line: 1, reason: "bad version 1 header")
+            }
+            var h = Header(uidValidity: v, nextUID: n, guid: "")
+            h.version = 1
+            try h.validate()
+            return h
+        case 2, 3:
+            var v: UInt32? = nil, n: UInt32? = nil, g = ""
+            var extra: [String] = []
+            for t in tokens.dropFirst() {
+                switch t.first {
+                case "V": v = UInt32(t.dropFirst())
+                case "N": n = UInt32(t.dropFirst())
+                case "G": g = String(t.dropFirst())
+                default: extra.append(String(t))
+                }
+            }
+            guard let v, let n else { throw Corrupt(line: 1, reason: "header without V or N") }
+            var h = Header(uidValidity: v, nextUID: n, guid: g, extra: extra)
+            h.version = version
+            try h.validate()
+            return h
+        default:
+            throw Corrupt(line: 1, reason: "unknown version \(version)")
+        }
+    }
+
+    public static func parseRecord(_ line: Substring, version: Int, lineNumber: Int) throws -> Record {
+        if version == 1 {
+            let parts = line.split(separator: " ", maxSplits: 1)
+            guard parts.count == 2, let uid = UInt32(parts[0]) else { throw Corrupt(line: lineNumber, reason: "bad record") }
+            return try Record(uid: uid, name: String(parts[1])).validated(lineNumber)
+        }
+        guard let colon = line.firstIndex(of: ":") else { throw Corrupt(line: lineNumber, reason: "record without :") }
+        let before = line[..<colon].split(separator: " ")
+        guard let first = before.first, let uid = UInt32(first) else { throw Corrupt(line: lineNumber, reason: "bad uid") }
+        let name = String(line[line.index(after: colon)...])
+        return try Record(uid: uid, extensions: before.dropFirst().map(String.init), name: name).validated(lineNumber)
+    }
+
+    /// Parses a whole file. Throws `Corrupt` for anything Dovecot would also reject.
+    public static func parse(_ bytes: [UInt8]) throws -> UIDList {
+        let text = String(decoding: bytes, as: UTF8.self)
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        if lines.last == "" { lines.removeLast() }
+        guard let first = lines.first else { throw Corrupt(line: 1, reason: "empty file") }
+        let header = try parseHeader(first)
+        var records: [Record] = []
+        records.reserveCapacity(lines.count)
+        var number = 1
+        for line in lines.dropFirst() {
+            number += 1
+            if line.isEmpty { continue }
+            let r = try parseRecord(line, version: header.version, lineNumber: number)
+            if let last = records.last, r.uid <= last.uid {
+                throw Corrupt(line: number, reason: "uid \(r.uid) not above \(last.uid)")
+            }
+            records.append(r)
+        }
+        return UIDList(header: header, records: records)
+    }
+
+    public func serialized() -> [UInt8] {
+        var out = header.line + "\n"
+        for r in records { out += r.line + "\n" }
+        return Array(out.utf8)
+    }
+
+    /// UID of each recorded stem.
+    public func uidsByStem() -> [String: UInt32] {
+        var map: [String: UInt32] = [:]
+        map.reserveCapacity(records.count)
+        for r in records { map[r.stem] = r.uid }
+        return map
+    }
+}
+
+extension UIDList.Header {
+    func validate() throws {
+        if uidValidity == 0 { throw UIDList.Corrupt(line: 1, reason: "uidvalidity is 0") }
+        if nextUID == 0 { throw UIDList.Corrupt(line: 1, reason: "next uid is 0") }
+    }
+}
+
+extension UIDList.Record {
+    func validated(_ lineNumber: Int) throws -> UIDList.Record {
+        if uid == 0 || uid == UInt32.max { throw UIDList.Corrupt(line: lineNumber, reason: "uid \(uid) out of range") }
+        if name.isEmpty || name.contains("/") { throw UIDList.Corrupt(line: lineNumber, reason: "bad file name") }
+        return self
+    }
+}
+
+/// The uidlist of one folder on disk: reading, appending under the lock, rewriting.
+public struct UIDListFile: Sendable {
+    public static let fileName = "dovecot-uidlist"
+    public let folder: String
+    /// The user's mail root, where `dovecot-uidvalidity` lives.
+    public let mailRoot: String
+
+    public init(folder: String, mailRoot: String) {
+        self.folder = folder
+        self.mailRoot = mailRoot
+    }
+
+    public var path: String { "\(folder)/\(UIDListFile.fileName)" }
+    public var lockPath: String { "\(path).lock" }
+
+    /// Reads the whole list without a lock (as Dovecot's readers do); nil if there is none.
+    public func read() throws -> UIDList? {
+        guard let bytes = try Files.read(path, limit: 1 << 30) else { return nil }
+        do {
+            return try UIDList.parse(bytes)
+        } catch let corrupt as UIDList.Corrupt {
+            throw NestboxFailure(.temporary, "\(path): \(corrupt)")
+        }
+    }
+
+    public func lock(options: DotLock.Options = DotLock.Options()) throws -> DotLock {
+        try DotLock.acquire(lockPath, watching: [path], options: options)
+    }
+
+    /// Gives `stems` the next UIDs, in order, appending them to the list. The caller holds the
+    /// lock (`lock()`). Creates the list with a fresh UIDVALIDITY if there is none.
+    public func appendLocked(_ stems: [String]) throws -> [UInt32] {
+        guard !stems.isEmpty else { return [] }
+        let fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0 {
+            guard errno == ENOENT else { throw NestboxFailure.system("open", path) }
+            let header = UIDList.Header(uidValidity: try UIDValidity.next(mailRoot: mailRoot), nextUID: 1,
+                                        guid: hexString(randomBytes(16)))
+            var list = UIDList(header: header)
+            let uids = list.appending(stems)
+            try Files.replace(path, with: list.serialized())
+            return uids
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw NestboxFailure.system("fstat", path) }
+        let size = Int(st.st_size)
+
+        guard let (header, lastUID) = try readEnds(fd, size: size) else {
+            // A torn last line or a header we cannot read from the ends alone: parse everything
+            // and rewrite whole, keeping every mapping we can read.
+            return try rewriteAppending(stems)
+        }
+        var next = max(header.nextUID, lastUID + 1)
+        var text = ""
+        var uids: [UInt32] = []
+        for stem in stems {
+            guard next < UInt32.max - 1 else { throw NestboxFailure(.temporary, "\(path): UIDs exhausted") }
+            uids.append(next)
+            text += "\(next) :\(stem)\n"
+            next += 1
+        }
+        do {
+            guard lseek(fd, off_t(size), SEEK_SET) >= 0 else { throw NestboxFailure.system("lseek", path) }
+            try Files.writeAll(fd, Array(text.utf8), path: path)
+            try Files.fdatasync(fd, path: path)
+        } catch {
+            _ = ftruncate(fd, off_t(size))  // never leave a torn record behind
+            throw error
+        }
+        return uids
+    }
+
+    /// Header and last UID from the first and the last few KiB; nil when the file does not end
+    /// with a complete record line.
+    private func readEnds(_ fd: Int32, size: Int) throws -> (UIDList.Header, UInt32)? {
+        guard size > 0 else { return nil }
+        let head = try Files.pread(fd, count: min(size, 4096), offset: 0, path: path)
+        guard let nl = head.firstIndex(of: 10) else { return nil }
+        let header: UIDList.Header
+        do {
+            header = try UIDList.parseHeader(Substring(String(decoding: head[..<nl], as: UTF8.self)))
+        } catch {
+            throw NestboxFailure(.temporary, "\(path): \(error)")
+        }
+        guard header.version >= 2 else { return nil }
+        if nl == size - 1 { return (header, 0) }
+        let tailStart = max(nl + 1, size - 4096)
+        let tail = try Files.pread(fd, count: size - tailStart, offset: tailStart, path: path)
+        guard tail.last == 10 else { return nil }
+        let body = tail.dropLast()
+        let lineStart = body.lastIndex(of: 10).map { $0 + 1 } ?? body.startIndex
+        if lineStart == body.startIndex && tailStart != nl + 1 { return nil }  // line longer than the window
+        let line = Substring(String(decoding: body[lineStart...], as: UTF8.self))
+        guard let record = try? UIDList.parseRecord(line, version: header.version, lineNumber: 0) else { return nil }
+        return (header, record.uid)
+    }
+
+    private func rewriteAppending(_ stems: [String]) throws -> [UInt32] {
+        guard let bytes = try Files.read(path, limit: 1 << 30) else { return try appendLocked(stems) }
+        var lines = bytes.split(separator: 10, omittingEmptySubsequences: false).map { Array($0) }
+        if bytes.last != 10, !lines.isEmpty {
+            Log.warning("\(path): dropping torn last line \"\(Names.printable(String(decoding: lines.last!, as: UTF8.self)))\"")
+            lines.removeLast()
+        }
+        var list: UIDList
+        do {
+            list = try UIDList.parse(Array(lines.joined(separator: [10])) + [10])
+        } catch {
+            throw NestboxFailure(.temporary, "\(path): \(error); run nestbox-reconstruct")
+        }
+        if list.header.version < 3 { list.header.version = 3 }
+        let uids = list.appending(stems)
+        try Files.replace(path, with: list.serialized())
+        return uids
+    }
+}
+
+extension UIDList {
+    /// Adds records for `stems` at the next UIDs and returns them.
+    public mutating func appending(_ stems: [String]) -> [UInt32] {
+        var next = nextUID
+        var uids: [UInt32] = []
+        for stem in stems {
+            records.append(Record(uid: next, name: stem))
+            uids.append(next)
+            next += 1
+        }
+        return uids
+    }
+}
+
+/// New UIDVALIDITY values, shared with Dovecot: `dovecot-uidvalidity` in the user's mail root
+/// holds the last value given out as `%08x`, beside an empty mode-0444 marker file
+/// `dovecot-uidvalidity.<value>`. The first value is the current time; each new folder gets
+/// the next one.
+public enum UIDValidity {
+    public static func next(mailRoot: String) throws -> UInt32 {
+        let path = "\(mailRoot)/dovecot-uidvalidity"
+        let lock = try DotLock.acquire("\(path).lock", watching: [path])
+        defer { lock.release() }
+        var value = UInt32(truncatingIfNeeded: Int(wallSeconds()))
+        var old: UInt32? = nil
+        if let bytes = try Files.read(path, limit: 64) {
+            let text = String(decoding: bytes, as: UTF8.self).trimmingSpaces()
+            if let stored = UInt32(text, radix: 16), stored != 0 {
+                old = stored
+                value = stored == UInt32.max ? 1 : stored + 1
+            }
+        }
+        if value == 0 { value = 1 }
+        let hex = hexUID(value)
+        try Files.replace(path, with: Array(hex.utf8))
+        let marker = "\(path).\(hex)"
+        let fd = open(marker, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o444)
+        if fd >= 0 { close(fd) }
+        if let old, old != value { Files.removeQuietly("\(path).\(hexUID(old))") }
+        return value
+    }
+
+    static func hexUID(_ v: UInt32) -> String {
+        let s = String(v, radix: 16)
+        return String(repeating: "0", count: max(0, 8 - s.count)) + s
+    }
+}

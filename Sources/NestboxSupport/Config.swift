@@ -1,0 +1,212 @@
+// The configuration file: `key: value` lines with imapd.conf's key names where Cyrus has the
+// same option, `#` comments, blank lines ignored. Every key has a default, so every program runs
+// with no file at all. An unknown key, a duplicate key, a line without a colon or a bad value is
+// reported as "file:line: reason" and the program exits 78 before it touches any mail.
+//
+// Where the file comes from: `-C file`, else $NESTBOX_CONF, else /etc/nestbox/nestbox.conf if it
+// exists, else nothing (the built-in defaults). `-o key=value` overrides any of them.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+public struct Config: Sendable {
+    public static let defaultPath = "/etc/nestbox/nestbox.conf"
+
+    public enum Kind: Sendable { case string, bool, integer, virtdomains, facility }
+
+    public struct Key: Sendable {
+        public let name: String
+        public let kind: Kind
+        public let defaultValue: String
+        public let summary: String
+    }
+
+    /// Every key, its default and one line of meaning (the README and nestbox.conf(5) list the same).
+    public static let keys: [Key] = [
+        Key(name: "partition-default", kind: .string, defaultValue: "/var/spool/nestbox", summary: "the mail root: users' Maildirs live below it"),
+        Key(name: "unixhierarchysep", kind: .bool, defaultValue: "yes", summary: "`/` separates folder levels in names given to Nestbox (else `.`)"),
+        Key(name: "virtdomains", kind: .virtdomains, defaultValue: "off", summary: "`off`: the recipient's domain is ignored; `userid`/`on`: mail is kept per domain"),
+        Key(name: "defaultdomain", kind: .string, defaultValue: "", summary: "with virtdomains, the domain whose users live in the domain-less area"),
+        Key(name: "mail_owner", kind: .string, defaultValue: "vmail", summary: "the account that owns the spool; programs started as root switch to it"),
+        Key(name: "servername", kind: .string, defaultValue: "", summary: "host name in Received: lines and Maildir file names (empty: gethostname)"),
+        Key(name: "postuser", kind: .string, defaultValue: "", summary: "local part that means \"deliver to a shared folder\" (`postuser+folder`)"),
+        Key(name: "lmtp_downcase_rcpt", kind: .bool, defaultValue: "yes", summary: "lowercase a recipient's local part and domain (never the +detail)"),
+        Key(name: "lmtp_over_quota_perm_failure", kind: .bool, defaultValue: "no", summary: "over quota is permanent (5.2.2, exit 73) instead of temporary (4.2.2, exit 75)"),
+        Key(name: "lmtp_strict_quota", kind: .bool, defaultValue: "no", summary: "the incoming message's size counts when checking the quota"),
+        Key(name: "maxmessagesize", kind: .integer, defaultValue: "0", summary: "largest message accepted, in bytes; 0: no limit of our own"),
+        Key(name: "autocreate_post", kind: .bool, defaultValue: "no", summary: "create a missing INBOX on first delivery (needs autocreate_quota >= 0)"),
+        Key(name: "autocreate_quota", kind: .integer, defaultValue: "-1", summary: "storage limit of an autocreated INBOX in KiB; 0: unlimited; -1: no autocreate"),
+        Key(name: "autocreate_quota_messages", kind: .integer, defaultValue: "-1", summary: "message limit of an autocreated INBOX; 0 or -1: unlimited"),
+        Key(name: "autocreate_inbox_folders", kind: .string, defaultValue: "", summary: "`|`-separated folders created (and subscribed) with a new INBOX"),
+        Key(name: "lock_timeout", kind: .integer, defaultValue: "122", summary: "seconds to wait for a mailbox lock before a temporary failure (Dovecot waits 122)"),
+        Key(name: "syslog_facility", kind: .facility, defaultValue: "mail", summary: "syslog facility of log lines"),
+    ]
+
+    public enum VirtDomains: String, Sendable { case off, userid }
+
+    /// Where the values came from, for messages ("the built-in defaults" when no file).
+    public private(set) var source: String = "built-in defaults"
+    private var values: [String: String] = [:]
+
+    public init() {
+        for key in Config.keys { values[key.name] = key.defaultValue }
+    }
+
+    // MARK: Typed access
+
+    public func string(_ name: String) -> String {
+        precondition(values[name] != nil, "unknown configuration key \(name)")
+        return values[name]!
+    }
+
+    public func bool(_ name: String) -> Bool { Config.parseBool(string(name))! }
+    public func integer(_ name: String) -> Int64 { Int64(string(name))! }
+
+    public var partition: String { string("partition-default") }
+    public var unixHierarchySep: Bool { bool("unixhierarchysep") }
+    public var hierarchySeparator: Character { unixHierarchySep ? "/" : "." }
+    public var virtDomains: VirtDomains {
+        let v = string("virtdomains").lowercased()
+        return (v == "off" || Config.parseBool(v) == false) ? .off : .userid
+    }
+    public var defaultDomain: String { string("defaultdomain").lowercased() }
+    public var mailOwner: String { string("mail_owner") }
+    public var serverName: String {
+        let s = string("servername")
+        return s.isEmpty ? Host.name : s
+    }
+    public var postUser: String { string("postuser") }
+    public var downcaseRecipient: Bool { bool("lmtp_downcase_rcpt") }
+    public var overQuotaIsPermanent: Bool { bool("lmtp_over_quota_perm_failure") }
+    public var strictQuota: Bool { bool("lmtp_strict_quota") }
+    public var maxMessageSize: Int64 { integer("maxmessagesize") }
+    public var autocreatePost: Bool { bool("autocreate_post") }
+    public var autocreateQuota: Int64 { integer("autocreate_quota") }
+    public var autocreateQuotaMessages: Int64 { integer("autocreate_quota_messages") }
+    public var autocreateInboxFolders: [String] {
+        string("autocreate_inbox_folders").split(separator: "|").map { $0.trimmingSpaces() }.filter { !$0.isEmpty }
+    }
+    public var lockTimeout: Double { Double(integer("lock_timeout")) }
+    public var syslogFacility: Int32 { Log.facility(named: string("syslog_facility"))! }
+
+    // MARK: Loading
+
+    public struct ParseError: Error, CustomStringConvertible, Sendable {
+        public let file: String
+        public let line: Int
+        public let reason: String
+        public var description: String { line > 0 ? "\(file):\(line): \(reason)" : "\(file): \(reason)" }
+    }
+
+    /// Loads per the rules at the top of this file. `explicitPath` is `-C`.
+    public static func load(explicitPath: String?, environment: [String: String] = currentEnvironment(),
+                            overrides: [String] = []) throws -> Config {
+        var config = Config()
+        if let path = explicitPath ?? environment["NESTBOX_CONF"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            guard let bytes = try? Files.read(path, limit: 1 << 20) else {
+                throw ParseError(file: path, line: 0, reason: "cannot read: \(errnoText(errno))")
+            }
+            try config.parse(String(decoding: bytes, as: UTF8.self), file: path)
+        } else if let bytes = try? Files.read(defaultPath, limit: 1 << 20) {
+            try config.parse(String(decoding: bytes, as: UTF8.self), file: defaultPath)
+        }
+        for (i, item) in overrides.enumerated() {
+            guard let eq = item.firstIndex(of: "=") else {
+                throw ParseError(file: "-o", line: i + 1, reason: "expected key=value, got \"\(item)\"")
+            }
+            try config.set(String(item[..<eq]).trimmingSpaces(), String(item[item.index(after: eq)...]).trimmingSpaces(),
+                           file: "-o", line: i + 1)
+        }
+        return config
+    }
+
+    public mutating func parse(_ text: String, file: String) throws {
+        source = file
+        var seen: [String: Int] = [:]
+        var number = 0
+        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            number += 1
+            let line = raw.trimmingSpaces()
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            guard let colon = line.firstIndex(of: ":") else {
+                throw ParseError(file: file, line: number, reason: "expected \"key: value\", got \"\(line.prefix(80))\"")
+            }
+            let key = String(line[..<colon]).trimmingSpaces()
+            let value = String(line[line.index(after: colon)...]).trimmingSpaces()
+            if let first = seen[key] {
+                throw ParseError(file: file, line: number, reason: "\(key) is already set on line \(first)")
+            }
+            seen[key] = number
+            try set(key, value, file: file, line: number)
+        }
+    }
+
+    public mutating func set(_ key: String, _ value: String, file: String, line: Int) throws {
+        guard let spec = Config.keys.first(where: { $0.name == key }) else {
+            throw ParseError(file: file, line: line, reason: "unknown key \"\(key.prefix(80))\"")
+        }
+        if value.utf8.contains(where: { $0 < 0x20 || $0 == 0x7f }) {
+            throw ParseError(file: file, line: line, reason: "\(key): control character in value")
+        }
+        switch spec.kind {
+        case .string:
+            break
+        case .bool:
+            guard Config.parseBool(value) != nil else {
+                throw ParseError(file: file, line: line, reason: "\(key): expected yes/no, on/off, true/false or 1/0, got \"\(value)\"")
+            }
+        case .integer:
+            guard let n = Int64(value), n >= -1 else {
+                throw ParseError(file: file, line: line, reason: "\(key): expected a whole number, got \"\(value)\"")
+            }
+            if (key == "maxmessagesize" && n < 0) || (key == "lock_timeout" && n < 1) {
+                throw ParseError(file: file, line: line, reason: "\(key): must be \(key == "lock_timeout" ? "1" : "0") or more")
+            }
+        case .virtdomains:
+            let v = value.lowercased()
+            guard ["off", "userid", "on", "no", "yes", "0", "1", "false", "true"].contains(v) else {
+                throw ParseError(file: file, line: line, reason: "\(key): expected off, userid or on, got \"\(value)\"")
+            }
+        case .facility:
+            guard Log.facility(named: value) != nil else {
+                throw ParseError(file: file, line: line, reason: "\(key): unknown syslog facility \"\(value)\"")
+            }
+        }
+        if key == "partition-default" && !value.hasPrefix("/") {
+            throw ParseError(file: file, line: line, reason: "\(key): must be an absolute path, got \"\(value)\"")
+        }
+        values[key] = value
+    }
+
+    public static func parseBool(_ value: String) -> Bool? {
+        switch value.lowercased() {
+        case "yes", "on", "true", "1", "t", "y": return true
+        case "no", "off", "false", "0", "f", "n": return false
+        default: return nil
+        }
+    }
+
+    public static func currentEnvironment() -> [String: String] {
+        var env: [String: String] = [:]
+        var p = environ
+        while let entry = p.pointee {
+            let s = String(cString: entry)
+            if let eq = s.firstIndex(of: "=") { env[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
+            p += 1
+        }
+        return env
+    }
+}
+
+extension StringProtocol {
+    /// The text without leading and trailing spaces and tabs (no Foundation needed).
+    public func trimmingSpaces() -> String {
+        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r" }
+        guard let first = firstIndex(where: { !isSpace($0) }) else { return "" }
+        let last = lastIndex(where: { !isSpace($0) })!
+        return String(self[first...last])
+    }
+}

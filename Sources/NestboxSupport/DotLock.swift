@@ -1,0 +1,132 @@
+// Dotlocks as Dovecot takes them (lib/file-dotlock.c), so that Nestbox and Dovecot exclude each
+// other on `dovecot-uidlist.lock`, `dovecot-keywords` and friends.
+//
+// - The lock is the file `<path>.lock`, created with O_CREAT|O_EXCL; its content is
+//   `<pid>:<hostname>` with no newline.
+// - A lock is stale, and may be removed, when it names this host and a process that no longer
+//   exists, or when neither the lock nor any of the files it protects has changed for
+//   `staleAfter` seconds (120: a live holder touches the lock every 10 s during long work).
+// - A waiter gives up after `timeout` seconds (Dovecot waits up to 122) with a temporary failure.
+// Removing a stale lock re-checks that it is still the same inode first, so that two waiters
+// judging the same dead lock do not remove each other's fresh one.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+public final class DotLock {
+    public let path: String
+    private var held = true
+    private let inode: ino_t
+
+    /// The wait of every lock that is not given its own (the `lock_timeout` key).
+    nonisolated(unsafe) public static var defaultTimeout: Double = 122
+
+    public struct Options: Sendable {
+        public var timeout: Double
+        public var staleAfter: Double
+        public init(timeout: Double = DotLock.defaultTimeout, staleAfter: Double = 120) {
+            self.timeout = timeout
+            self.staleAfter = staleAfter
+        }
+    }
+
+    private init(path: String, inode: ino_t) {
+        self.path = path
+        self.inode = inode
+    }
+
+    deinit { release() }
+
+    /// Takes `lockPath`, waiting while someone else holds it. `watched` are the files whose
+    /// changes count as the holder's activity (e.g. the uidlist itself).
+    public static func acquire(_ lockPath: String, watching watched: [String] = [], options: Options = Options()) throws -> DotLock {
+        let content = Array("\(getpid()):\(Host.name)".utf8)
+        let start = monotonicSeconds()
+        var pause: UInt32 = 100  // microseconds; grows to 4 ms, with jitter so waiters spread out
+        while true {
+            let fd = open(lockPath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            if fd >= 0 {
+                do {
+                    try Files.writeAll(fd, content, path: lockPath)
+                } catch {
+                    Glibc.close(fd)
+                    Files.removeQuietly(lockPath)
+                    throw error
+                }
+                var st = stat()
+                fstat(fd, &st)
+                Glibc.close(fd)
+                return DotLock(path: lockPath, inode: st.st_ino)
+            }
+            if errno != EEXIST { throw NestboxFailure.system("create lock", lockPath) }
+            if removeIfStale(lockPath, watched: watched, staleAfter: options.staleAfter) { continue }
+            if monotonicSeconds() - start > options.timeout {
+                throw NestboxFailure(.temporary.with(text: "Mailbox is locked, try again later"),
+                                     "lock \(lockPath): timed out after \(Int(options.timeout)) s")
+            }
+            usleep(pause / 2 + UInt32.random(in: 0...pause))
+            pause = min(pause * 2, 4_000)
+        }
+    }
+
+    /// Marks the lock as alive during long work (Dovecot's holders do it every 10 s).
+    public func touch() {
+        guard held else { return }
+        _ = utimes(path, nil)
+    }
+
+    /// Removes the lock if it is still ours. Safe to call twice.
+    public func release() {
+        guard held else { return }
+        held = false
+        var st = stat()
+        if lstat(path, &st) == 0 && st.st_ino == inode { unlink(path) }
+    }
+
+    /// Whether the lock at `path` is stale by Dovecot's rules; removes it if so.
+    static func removeIfStale(_ path: String, watched: [String], staleAfter: Double) -> Bool {
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0 { return errno == ENOENT }  // vanished: try again at once
+        var st = stat()
+        fstat(fd, &st)
+        var buffer = [UInt8](repeating: 0, count: 300)
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        Glibc.close(fd)
+        let text = n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : ""
+
+        var stale = false
+        if let colon = text.firstIndex(of: ":"), let pid = pid_t(text[..<colon]), pid > 0 {
+            let host = String(text[text.index(after: colon)...])
+            if host == Host.name && kill(pid, 0) != 0 && errno == ESRCH { stale = true }
+        }
+        if !stale {
+            var newest = Double(st.st_mtim.tv_sec)
+            for file in watched {
+                var w = stat()
+                if lstat(file, &w) == 0 { newest = max(newest, Double(w.st_mtim.tv_sec)) }
+            }
+            if wallSeconds() - newest > staleAfter { stale = true }
+        }
+        guard stale else { return false }
+        var again = stat()
+        guard lstat(path, &again) == 0, again.st_ino == st.st_ino else { return true }
+        unlink(path)
+        Log.warning("removed stale lock \(path) (\(text.isEmpty ? "empty" : text))")
+        return true
+    }
+}
+
+public func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+public func wallSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}

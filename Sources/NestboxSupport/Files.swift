@@ -1,0 +1,270 @@
+// File primitives every writer in Nestbox goes through.
+//
+// Invariants: nothing here follows a symbolic link at the last component (O_NOFOLLOW, lstat);
+// every write is checked, short writes are continued, EINTR is retried; a file that is meant to
+// survive a crash is fsynced and so is the directory that names it; replacing a file is always
+// "write a temporary file, fsync, rename over" so a reader sees the old or the new, never half.
+// Files are created 0600 and directories 0700 unless told otherwise.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+public enum Files {
+    public static let fileMode: mode_t = 0o600
+    public static let directoryMode: mode_t = 0o700
+
+    /// Creates `path` exclusively for writing. Fails with EEXIST if anything is there,
+    /// including a symbolic link.
+    public static func createExclusive(_ path: String, mode: mode_t = fileMode) throws -> Int32 {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
+        if fd < 0 { throw NestboxFailure.system("create", path) }
+        return fd
+    }
+
+    /// Opens an existing file for reading without following a symlink; nil when it does not exist.
+    public static func openForReading(_ path: String) throws -> Int32? {
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0 {
+            if errno == ENOENT { return nil }
+            throw NestboxFailure.system("open", path)
+        }
+        return fd
+    }
+
+    public static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {
+        guard var base = bytes.baseAddress else { return }
+        var left = bytes.count
+        while left > 0 {
+            let n = write(fd, base, left)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw NestboxFailure.system("write", path)
+            }
+            if n == 0 { throw NestboxFailure.system("write", path, errno: EIO) }
+            left -= n
+            base = base.advanced(by: n)
+        }
+    }
+
+    public static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws {
+        try bytes.withUnsafeBytes { try writeAll(fd, $0, path: path) }
+    }
+
+    public static func fsync(_ fd: Int32, path: String) throws {
+        while Glibc.fsync(fd) != 0 {
+            if errno == EINTR { continue }
+            throw NestboxFailure.system("fsync", path)
+        }
+    }
+
+    public static func fdatasync(_ fd: Int32, path: String) throws {
+        while Glibc.fdatasync(fd) != 0 {
+            if errno == EINTR { continue }
+            throw NestboxFailure.system("fdatasync", path)
+        }
+    }
+
+    /// close(2), checked: on NFS and some file systems a deferred write error shows up here.
+    public static func close(_ fd: Int32, path: String) throws {
+        if Glibc.close(fd) != 0 && errno != EINTR { throw NestboxFailure.system("close", path) }
+    }
+
+    /// fsync of a directory, so that a name created or renamed in it survives a crash.
+    public static func fsyncDirectory(_ path: String) throws {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0 { throw NestboxFailure.system("open directory", path) }
+        defer { Glibc.close(fd) }
+        try fsync(fd, path: path)
+    }
+
+    /// Removes a file, ignoring "not there". Used on failure paths: never throws.
+    public static func removeQuietly(_ path: String) {
+        _ = unlink(path)
+    }
+
+    public static func rename(_ from: String, _ to: String) throws {
+        if Glibc.rename(from, to) != 0 { throw NestboxFailure.system("rename \(from) to", to) }
+    }
+
+    /// Writes `contents` to `path` atomically: a unique temporary name in the same directory,
+    /// fsync, rename over, fsync of the directory. The old file is intact if anything fails.
+    public static func replace(_ path: String, with contents: [UInt8], mode: mode_t = fileMode) throws {
+        let tmp = "\(path).tmp.\(getpid()).\(UniqueCounter.next())"
+        let fd = try createExclusive(tmp, mode: mode)
+        do {
+            try writeAll(fd, contents, path: tmp)
+            try fsync(fd, path: tmp)
+            try close(fd, path: tmp)
+        } catch {
+            Glibc.close(fd)
+            removeQuietly(tmp)
+            throw error
+        }
+        do {
+            try rename(tmp, path)
+        } catch {
+            removeQuietly(tmp)
+            throw error
+        }
+        try fsyncDirectory(directoryName(path))
+    }
+
+    /// Reads a whole (small) file; nil when it does not exist. Refuses files over `limit` bytes.
+    public static func read(_ path: String, limit: Int = 16 << 20) throws -> [UInt8]? {
+        guard let fd = try openForReading(path) else { return nil }
+        defer { Glibc.close(fd) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw NestboxFailure.system("read", path)
+            }
+            if n == 0 { break }
+            out.append(contentsOf: chunk[0..<n])
+            if out.count > limit { throw NestboxFailure(.temporary, "read \(path): file larger than \(limit) bytes") }
+        }
+        return out
+    }
+
+    /// pread(2) of up to `count` bytes at `offset`.
+    public static func pread(_ fd: Int32, count: Int, offset: Int, path: String) throws -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = buffer.withUnsafeMutableBytes {
+                Glibc.pread(fd, $0.baseAddress! + got, count - got, off_t(offset + got))
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw NestboxFailure.system("read", path)
+            }
+            if n == 0 { break }
+            got += n
+        }
+        buffer.removeLast(count - got)
+        return buffer
+    }
+
+    /// lstat(2); nil when nothing is there.
+    public static func status(_ path: String) throws -> stat? {
+        var st = stat()
+        if lstat(path, &st) != 0 {
+            if errno == ENOENT || errno == ENOTDIR { return nil }
+            throw NestboxFailure.system("stat", path)
+        }
+        return st
+    }
+
+    public static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    public static func exists(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0
+    }
+
+    /// mkdir(2) with mode 0700; an existing directory is fine, anything else in the way
+    /// (a file, a symlink) is an error. Returns true when it created the directory.
+    @discardableResult
+    public static func makeDirectory(_ path: String, mode: mode_t = directoryMode) throws -> Bool {
+        if mkdir(path, mode) == 0 { return true }
+        let code = errno
+        if code == EEXIST && isDirectory(path) { return false }
+        throw NestboxFailure.system("mkdir", path, errno: code)
+    }
+
+    /// The names in a directory except "." and "..", unsorted. nil when it does not exist.
+    public static func list(_ path: String) throws -> [String]? {
+        guard let dir = opendir(path) else {
+            if errno == ENOENT { return nil }
+            throw NestboxFailure.system("opendir", path)
+        }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name == "." || name == ".." { continue }
+            names.append(name)
+        }
+        return names
+    }
+
+    public static func directoryName(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        if slash == path.startIndex { return "/" }
+        return String(path[..<slash])
+    }
+
+    public static func baseName(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return path }
+        return String(path[path.index(after: slash)...])
+    }
+}
+
+/// A process-wide counter for unique names (temporary files, Maildir `Q` values).
+public enum UniqueCounter {
+    nonisolated(unsafe) private static var value: UInt64 = 0
+    private static let lock: UnsafeMutablePointer<pthread_mutex_t> = {
+        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(m, nil)
+        return m
+    }()
+
+    public static func next() -> UInt64 {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        value += 1
+        return value
+    }
+}
+
+/// The host name as Maildir and lock files use it.
+public enum Host {
+    public static let name: String = {
+        var buffer = [CChar](repeating: 0, count: 256)
+        if gethostname(&buffer, buffer.count - 1) != 0 { return "localhost" }
+        let n = String(cString: buffer)
+        return n.isEmpty ? "localhost" : n
+    }()
+}
+
+/// Random bytes from the kernel (/dev/urandom; falls back to time and pid if it cannot be read).
+public func randomBytes(_ count: Int) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: count)
+    let fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC)
+    if fd >= 0 {
+        defer { close(fd) }
+        var got = 0
+        while got < count {
+            let n = out.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, count - got) }
+            if n <= 0 { break }
+            got += n
+        }
+        if got == count { return out }
+    }
+    var seed = UInt64(wallSeconds() * 1e6) ^ UInt64(getpid()) << 32 ^ UniqueCounter.next()
+    for i in 0..<count {
+        seed = seed &* 6364136223846793005 &+ 1442695040888963407
+        out[i] = UInt8(truncatingIfNeeded: seed >> 33)
+    }
+    return out
+}
+
+public func hexString<S: Sequence>(_ bytes: S) -> String where S.Element == UInt8 {
+    let digits: [Character] = Array("0123456789abcdef")
+    var s = ""
+    for b in bytes {
+        s.append(digits[Int(b >> 4)])
+        s.append(digits[Int(b & 15)])
+    }
+    return s
+}
