@@ -7,12 +7,25 @@ let package = Package(
     name: "nestbox",
     products: [
         .executable(name: "nestbox-deliver", targets: ["nestbox-deliver"]),
+        .executable(name: "nestbox-lmtpd", targets: ["nestbox-lmtpd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     ],
     targets: [
         .target(name: "NestboxSupport"),
         .target(name: "NestboxStore", dependencies: ["NestboxSupport"]),
-        .executableTarget(name: "nestbox-deliver", dependencies: ["NestboxSupport", "NestboxStore"]),
+        .target(name: "NestboxLMTP", dependencies: ["NestboxSupport", "NestboxStore"]),
+        .target(name: "NestboxLMTPServer", dependencies: [
+            "NestboxSupport", "NestboxStore", "NestboxLMTP",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ]),
+        .executableTarget(name: "nestbox-lmtpd", dependencies: ["NestboxSupport", "NestboxStore", "NestboxLMTP", "NestboxLMTPServer"]),
+        .executableTarget(name: "nestbox-deliver", dependencies: ["NestboxSupport", "NestboxStore", "NestboxLMTP"]),
         .testTarget(name: "NestboxStoreTests", dependencies: ["NestboxSupport", "NestboxStore"]),
+        .testTarget(name: "NestboxLMTPTests", dependencies: ["NestboxSupport", "NestboxStore", "NestboxLMTP"]),
         .testTarget(name: "NestboxEndToEndTests", dependencies: ["NestboxSupport", "NestboxStore"]),
     ],
     swiftLanguageModes: [.v5]

@@ -50,9 +50,13 @@ public struct RecipientResult: Sendable {
 public struct Delivery: Sendable {
     public let store: MailStore
     public var config: Config { store.config }
+    /// nil when duplicatesuppression is off.
+    public let duplicates: DuplicateDB?
 
     public init(store: MailStore) {
         self.store = store
+        duplicates = store.config.duplicateSuppression
+            ? DuplicateDB(directory: "\(store.root)/.nestbox/duplicates", expiry: store.config.duplicateExpire) : nil
     }
 
     // MARK: Resolving
@@ -92,7 +96,9 @@ public struct Delivery: Sendable {
                 Log.warning("\(r.address): folder \(e.detail); delivering to INBOX")
             }
         }
-        let label = target.isRoot ? r.address : "\(r.address)/\(target.name)"
+        // The mailbox's name for logs and the duplicate key: the domain only where it matters.
+        let owner = store.usesDomainArea(r) ? r.address : r.user
+        let label = target.isRoot ? owner : "\(owner)/\(target.name)"
         return DeliveryTarget(recipient: address, folder: target, quota: QuotaRoot(root: root), label: label)
     }
 
@@ -120,15 +126,16 @@ public struct Delivery: Sendable {
     /// Delivers the spooled message into one target. Never throws: the outcome says it all.
     public func store(_ message: SpooledMessage, into target: DeliveryTarget, ignoreQuota: Bool) -> RecipientResult {
         var result = RecipientResult(recipient: target.recipient, outcome: .delivered, mailbox: target.label, uid: nil, detail: "delivered")
+        let duplicateKey = duplicates == nil ? nil
+            : DuplicateDB.key(messageID: message.messageID, date: message.date, mailbox: target.label)
+        if let db = duplicates, let key = duplicateKey, db.contains(key) {
+            result.detail = "duplicate suppressed"
+            return result
+        }
         do {
-            if !ignoreQuota, let state = try target.quota.current() {
-                let incoming = config.strictQuota ? QuotaUsage(bytes: message.size, messages: 1) : nil
-                if state.isOver(adding: incoming) {
-                    let row: Outcome = config.overQuotaIsPermanent ? .overQuotaPermanent : .overQuota
-                    throw NestboxFailure(row, "over quota: \(state.usage.bytes) bytes, \(state.usage.messages) messages of \(state.limits.line)")
-                }
-            }
+            if !ignoreQuota, let refusal = try quotaRefusal(target, incomingSize: message.size) { throw refusal }
             let final = try link(message, into: target.folder)
+            if let db = duplicates, let key = duplicateKey { db.record(key) }
             do {
                 let lock = try target.folder.uidList.lock()
                 defer { lock.release() }
@@ -149,6 +156,16 @@ public struct Delivery: Sendable {
             result.detail = "\(error)"
         }
         return result
+    }
+
+    /// The refusal when the target's quota is already used up (or, with lmtp_strict_quota,
+    /// would be by a message of `incomingSize`); nil when there is room or no quota.
+    public func quotaRefusal(_ target: DeliveryTarget, incomingSize: Int64?) throws -> NestboxFailure? {
+        guard let state = try target.quota.current() else { return nil }
+        let incoming = config.strictQuota ? QuotaUsage(bytes: incomingSize ?? 0, messages: 1) : nil
+        guard state.isOver(adding: incoming) else { return nil }
+        let row: Outcome = config.overQuotaIsPermanent ? .overQuotaPermanent : .overQuota
+        return NestboxFailure(row, "over quota: \(state.usage.bytes) bytes, \(state.usage.messages) messages of \(state.limits.line)")
     }
 
     /// tmp/ -> new/ -> fsync; returns the stem written. Removes what it made on failure.

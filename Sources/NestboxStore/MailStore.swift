@@ -84,10 +84,16 @@ public struct MailStore: Sendable {
         return Recipient(user: user, domain: domain, detail: detail)
     }
 
+    /// Whether the recipient lives in a per-domain area (virtdomains, not defaultdomain).
+    public func usesDomainArea(_ r: Recipient) -> Bool {
+        guard config.virtDomains == .userid, let d = r.domain else { return false }
+        return d != config.defaultDomain
+    }
+
     /// The user's Maildir++ root. Throws 5.1.3 for names that cannot be on disk.
     public func userRoot(_ r: Recipient) throws -> String {
         try Names.validateUser(r.user)
-        if config.virtDomains == .userid, let d = r.domain, d != config.defaultDomain {
+        if usesDomainArea(r), let d = r.domain {
             try Names.validateDomain(d)
             return "\(root)/\(d)/\(r.user)"
         }

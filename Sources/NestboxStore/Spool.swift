@@ -24,6 +24,8 @@ public struct SpooledMessage: Sendable {
     public let size: Int64
     public let virtualSize: Int64
     public let messageID: String?
+    /// The Date header's value (for the duplicate key), nil when there is none.
+    public let date: String?
 
     /// Removes the spool file (every recipient has its own link by then).
     public func remove() { Files.removeQuietly(path) }
@@ -56,6 +58,8 @@ public final class SpoolWriter {
     private var droppingField = false   // inside a Return-Path field being dropped
     private var inMessageIDField = false
     private var messageIDValue: [UInt8] = []
+    private var inDateField = false
+    private var dateValue: [UInt8] = []
     private var finished = false
 
     /// Creates the spool file and writes the trace headers.
@@ -162,6 +166,7 @@ public final class SpoolWriter {
         let first = line[0]
         if first == 32 || first == 9 {  // continuation
             if inMessageIDField { messageIDValue.append(contentsOf: line.prefix(998)) }
+            if inDateField { dateValue.append(contentsOf: line.prefix(998)) }
             if !droppingField { emit(line[...]) }
             return
         }
@@ -178,6 +183,8 @@ public final class SpoolWriter {
         droppingField = replaceReturnPath && name == "return-path"
         inMessageIDField = name == "message-id" && messageIDValue.isEmpty
         if inMessageIDField { messageIDValue = Array(line[(colon + 1)...].prefix(998)) }
+        inDateField = name == "date" && dateValue.isEmpty
+        if inDateField { dateValue = Array(line[(colon + 1)...].prefix(998)) }
         if !droppingField { emit(line[...]) }
     }
 
@@ -224,10 +231,12 @@ public final class SpoolWriter {
             abandon()
             throw error
         }
-        var id = String(decoding: messageIDValue, as: UTF8.self)
-        id = String(id.filter { $0 != "\n" && $0 != "\r" }).trimmingSpaces()
+        func unfolded(_ bytes: [UInt8]) -> String? {
+            let s = String(String(decoding: bytes, as: UTF8.self).filter { $0 != "\n" && $0 != "\r" }).trimmingSpaces()
+            return s.isEmpty ? nil : s
+        }
         return SpooledMessage(path: path, size: written, virtualSize: written + lineFeeds,
-                              messageID: id.isEmpty ? nil : id)
+                              messageID: unfolded(messageIDValue), date: unfolded(dateValue))
     }
 
     /// Writes out whatever has accumulated once it passes the chunk size (call after append).

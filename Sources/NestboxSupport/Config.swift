@@ -15,7 +15,7 @@ import Musl
 public struct Config: Sendable {
     public static let defaultPath = "/etc/nestbox/nestbox.conf"
 
-    public enum Kind: Sendable { case string, bool, integer, virtdomains, facility }
+    public enum Kind: Sendable { case string, bool, integer, virtdomains, facility, duration, octal, listeners }
 
     public struct Key: Sendable {
         public let name: String
@@ -41,6 +41,16 @@ public struct Config: Sendable {
         Key(name: "autocreate_quota", kind: .integer, defaultValue: "-1", summary: "storage limit of an autocreated INBOX in KiB; 0: unlimited; -1: no autocreate"),
         Key(name: "autocreate_quota_messages", kind: .integer, defaultValue: "-1", summary: "message limit of an autocreated INBOX; 0 or -1: unlimited"),
         Key(name: "autocreate_inbox_folders", kind: .string, defaultValue: "", summary: "`|`-separated folders created (and subscribed) with a new INBOX"),
+        Key(name: "duplicatesuppression", kind: .bool, defaultValue: "yes", summary: "store a message (same Message-ID and Date) only once per mailbox"),
+        Key(name: "duplicate_expire", kind: .duration, defaultValue: "3d", summary: "how long a delivery is remembered for duplicate suppression (`s`, `m`, `h`, `d`, `w`)"),
+        Key(name: "lmtpsocket", kind: .string, defaultValue: "/run/nestbox/lmtp", summary: "UNIX socket of nestbox-lmtpd; empty: none"),
+        Key(name: "lmtpsocket_mode", kind: .octal, defaultValue: "0660", summary: "mode of the LMTP socket"),
+        Key(name: "lmtpsocket_owner", kind: .string, defaultValue: "", summary: "owner of the LMTP socket (empty: mail_owner)"),
+        Key(name: "lmtpsocket_group", kind: .string, defaultValue: "", summary: "group of the LMTP socket, e.g. postfix (empty: the owner's group)"),
+        Key(name: "lmtp_listen", kind: .listeners, defaultValue: "", summary: "TCP listeners of nestbox-lmtpd, `host:port` separated by spaces; loopback addresses only"),
+        Key(name: "lmtp_max_connections", kind: .integer, defaultValue: "100", summary: "concurrent LMTP sessions; more are told `421 4.3.2` and closed"),
+        Key(name: "lmtp_idle_timeout", kind: .integer, defaultValue: "300", summary: "seconds an LMTP session may stay silent before `421 4.4.2`"),
+        Key(name: "lmtp_max_recipients", kind: .integer, defaultValue: "500", summary: "recipients per LMTP transaction; more get `452 4.5.3`"),
         Key(name: "lock_timeout", kind: .integer, defaultValue: "122", summary: "seconds to wait for a mailbox lock before a temporary failure (Dovecot waits 122)"),
         Key(name: "syslog_facility", kind: .facility, defaultValue: "mail", summary: "syslog facility of log lines"),
     ]
@@ -89,6 +99,16 @@ public struct Config: Sendable {
     public var autocreateInboxFolders: [String] {
         string("autocreate_inbox_folders").split(separator: "|").map { $0.trimmingSpaces() }.filter { !$0.isEmpty }
     }
+    public var duplicateSuppression: Bool { bool("duplicatesuppression") }
+    public var duplicateExpire: Double { Config.parseDuration(string("duplicate_expire"))! }
+    public var lmtpSocket: String { string("lmtpsocket") }
+    public var lmtpSocketMode: Int { Int(string("lmtpsocket_mode"), radix: 8)! }
+    public var lmtpSocketOwner: String { string("lmtpsocket_owner").isEmpty ? mailOwner : string("lmtpsocket_owner") }
+    public var lmtpSocketGroup: String { string("lmtpsocket_group") }
+    public var lmtpListeners: [Listener] { string("lmtp_listen").split(separator: " ").compactMap { Listener.parse(String($0)) } }
+    public var lmtpMaxConnections: Int { Int(integer("lmtp_max_connections")) }
+    public var lmtpIdleTimeout: Int64 { integer("lmtp_idle_timeout") }
+    public var lmtpMaxRecipients: Int { Int(integer("lmtp_max_recipients")) }
     public var lockTimeout: Double { Double(integer("lock_timeout")) }
     public var syslogFacility: Int32 { Log.facility(named: string("syslog_facility"))! }
 
@@ -162,13 +182,31 @@ public struct Config: Sendable {
             guard let n = Int64(value), n >= -1 else {
                 throw ParseError(file: file, line: line, reason: "\(key): expected a whole number, got \"\(value)\"")
             }
-            if (key == "maxmessagesize" && n < 0) || (key == "lock_timeout" && n < 1) {
-                throw ParseError(file: file, line: line, reason: "\(key): must be \(key == "lock_timeout" ? "1" : "0") or more")
+            let minimum: Int64 = key.hasPrefix("autocreate_quota") ? -1 : (key == "maxmessagesize" ? 0 : 1)
+            if n < minimum {
+                throw ParseError(file: file, line: line, reason: "\(key): must be \(minimum) or more")
             }
         case .virtdomains:
             let v = value.lowercased()
             guard ["off", "userid", "on", "no", "yes", "0", "1", "false", "true"].contains(v) else {
                 throw ParseError(file: file, line: line, reason: "\(key): expected off, userid or on, got \"\(value)\"")
+            }
+        case .duration:
+            guard Config.parseDuration(value) != nil else {
+                throw ParseError(file: file, line: line, reason: "\(key): expected a duration like 3d, 12h, 30m or 45s, got \"\(value)\"")
+            }
+        case .octal:
+            guard let m = Int(value, radix: 8), m >= 0, m <= 0o777 else {
+                throw ParseError(file: file, line: line, reason: "\(key): expected an octal mode like 0660, got \"\(value)\"")
+            }
+        case .listeners:
+            for item in value.split(separator: " ") {
+                guard let l = Listener.parse(String(item)) else {
+                    throw ParseError(file: file, line: line, reason: "\(key): expected host:port, got \"\(item)\"")
+                }
+                guard l.isLoopback else {
+                    throw ParseError(file: file, line: line, reason: "\(key): \(item) is not a loopback address (LMTP has no authentication here)")
+                }
             }
         case .facility:
             guard Log.facility(named: value) != nil else {
@@ -187,6 +225,16 @@ public struct Config: Sendable {
         case "no", "off", "false", "0", "f", "n": return false
         default: return nil
         }
+    }
+
+    /// "3d", "12h", "30m", "45s", "2w" or plain seconds.
+    public static func parseDuration(_ text: String) -> Double? {
+        let t = text.trimmingSpaces().lowercased()
+        guard let last = t.last else { return nil }
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604_800]
+        if let unit = units[last], let n = Double(t.dropLast()), n >= 0 { return n * unit }
+        if let n = Double(t), n >= 0 { return n }
+        return nil
     }
 
     public static func currentEnvironment() -> [String: String] {
@@ -209,4 +257,30 @@ extension StringProtocol {
         let last = lastIndex(where: { !isSpace($0) })!
         return String(self[first...last])
     }
+}
+
+/// A TCP listener address: `host:port`, `[v6]:port`.
+public struct Listener: Equatable, Sendable, CustomStringConvertible {
+    public let host: String
+    public let port: Int
+
+    public static func parse(_ text: String) -> Listener? {
+        var host: String
+        var portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
+            host = String(text[text.index(after: text.startIndex)..<close])
+            portText = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            host = String(text[..<colon])
+            portText = text[text.index(after: colon)...]
+        }
+        guard !host.isEmpty, let port = Int(portText), port > 0, port < 65536 else { return nil }
+        if host == "localhost" { host = "127.0.0.1" }
+        return Listener(host: host, port: port)
+    }
+
+    public var isLoopback: Bool { host.hasPrefix("127.") || host == "::1" }
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }

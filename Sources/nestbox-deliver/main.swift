@@ -10,6 +10,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import NestboxLMTP
 import NestboxStore
 import NestboxSupport
 
@@ -30,7 +31,7 @@ Reads one message on standard input and delivers it to each user's Maildir.
   -q           ignore quota
   -L           log to standard error instead of syslog
   -d, -e       ignored (compatibility with Cyrus deliver)
-  -l           speak LMTP on standard input/output (not supported yet)
+  -l           speak LMTP on standard input/output (as nestbox-lmtpd -i)
 Exit status: 0 delivered, 64 usage, 65 bad message, 67 unknown user, 73 permanent refusal,
 75 temporary failure, 77 no permission, 78 configuration error (see nestbox-deliver(8)).
 
@@ -140,7 +141,21 @@ do {
 DotLock.defaultTimeout = config.lockTimeout
 Log.setup(program: program, destination: options.logToStderr ? .stderr : .syslog, facility: config.syslogFacility)
 
-if options.lmtp { finish(.usage.with(text: "-l (LMTP) is not supported yet")) }
+if options.lmtp {
+    // LMTP on stdin/stdout: the same session code as nestbox-lmtpd.
+    do {
+        try Privileges.dropIfRoot(to: config.mailOwner)
+        try MailStore(config: config).prepare()
+    } catch let f as NestboxFailure {
+        Log.fatal(f.detail)
+        finish(f.outcome, detail: f.detail)
+    }
+    let session = LMTPSession(delivery: Delivery(store: MailStore(config: config)), serverName: config.serverName,
+                              client: "stdin", sessionID: "\(String(getpid(), radix: 36).uppercased())L",
+                              limits: LMTPSession.Limits(config: config))
+    StdioSession.run(session, idleTimeout: config.lmtpIdleTimeout)
+    exit(0)
+}
 if options.users.isEmpty && options.folder == nil { finish(.usage, detail: "no user and no -m folder given (see --help)") }
 
 do {

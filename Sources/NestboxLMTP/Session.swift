@@ -1,0 +1,399 @@
+// One LMTP session (RFC 2033): the state machine between the bytes a client sends and the
+// replies it gets, with deliveries done through the store's pipeline. No sockets: the server
+// (and nestbox-deliver -l, and the tests) feed it bytes and send back what it returns.
+//
+// - Input is processed strictly in order, so PIPELINING needs nothing special: every command
+//   of a pipelined batch gets its reply, in order, in the same output.
+// - Command lines are limited to `Command.maxLineLength`; a longer line is discarded up to its
+//   LF and answered `500 5.5.2`. A NUL in a command line is `500 5.5.2` too.
+// - DATA: lines end with LF (CRLF or a tolerated bare LF); a line `.` ends the message; a
+//   leading dot is removed (dot-unstuffing). BDAT: exactly the announced octets, no unstuffing.
+//   The message streams into the spool as it arrives, so memory does not grow with its size.
+// - After the end of the message every accepted recipient gets its own reply, in RCPT order,
+//   even when the message was refused as a whole (too big, NUL bytes, broken header): then each
+//   gets the same refusal and the transaction ends cleanly.
+// - A connection that closes in the middle of a message stores nothing (the spool file is
+//   removed); only a complete message is delivered, and only then are replies sent.
+
+import NestboxStore
+import NestboxSupport
+
+public final class LMTPSession {
+    public struct Limits: Sendable {
+        public var maxRecipients: Int
+        /// 0: no limit.
+        public var maxMessageSize: Int64
+        public var headerLimit: Int
+
+        public init(maxRecipients: Int = 500, maxMessageSize: Int64 = 0, headerLimit: Int = SpoolWriter.defaultHeaderLimit) {
+            self.maxRecipients = maxRecipients
+            self.maxMessageSize = maxMessageSize
+            self.headerLimit = headerLimit
+        }
+
+        public init(config: Config) {
+            self.init(maxRecipients: config.lmtpMaxRecipients, maxMessageSize: config.maxMessageSize)
+        }
+    }
+
+    private struct Recipient {
+        var address: String
+        var target: DeliveryTarget
+        var ignoreQuota: Bool
+    }
+
+    private enum State {
+        case command
+        case data
+        case bdat(remaining: Int, last: Bool)
+        case closed
+    }
+
+    public let delivery: Delivery
+    public let serverName: String
+    public let client: String
+    public let sessionID: String
+    public let limits: Limits
+
+    private var state: State = .command
+    private var lhlo: String? = nil
+    private var sender: String? = nil
+    private var senderParameters: [Command.Parameter] = []
+    private var declaredSize: Int64? = nil
+    private var recipients: [Recipient] = []
+    private var spool: SpoolWriter? = nil
+    private var spoolError: NestboxFailure? = nil
+    private var bdatStarted = false
+    /// Set when a BDAT chunk is read only to be thrown away (no MAIL or no recipient).
+    private var chunkRefusal: String? = nil
+    private var transactionCount = 0
+
+    // Input framing
+    private var pending: [UInt8] = []
+    private var discardingLongLine = false
+    private var dataAtLineStart = true
+
+    public init(delivery: Delivery, serverName: String, client: String, sessionID: String, limits: Limits) {
+        self.delivery = delivery
+        self.serverName = serverName
+        self.client = client
+        self.sessionID = sessionID
+        self.limits = limits
+    }
+
+    deinit { spool?.abandon() }
+
+    public var isClosed: Bool {
+        if case .closed = state { return true }
+        return false
+    }
+
+    /// A transaction is in flight (MAIL accepted, not yet finished).
+    public var inTransaction: Bool { sender != nil }
+
+    public func greeting() -> [UInt8] {
+        Array("220 \(serverName) LMTP Nestbox ready\r\n".utf8)
+    }
+
+    /// The connection went away: nothing half-received is stored.
+    public func connectionLost() {
+        if spool != nil || sender != nil {
+            Log.info("\(sessionID): lost connection from \(client) in the middle of a transaction; nothing stored")
+        }
+        resetTransaction()
+        state = .closed
+    }
+
+    /// A reply for the server to send before closing (idle timeout, shutdown).
+    public func close(reason: String) -> [UInt8] {
+        resetTransaction()
+        state = .closed
+        return Array("\(reason)\r\n".utf8)
+    }
+
+    // MARK: Input
+
+    /// Processes input bytes, appending every reply to `output`.
+    public func feed(_ bytes: ArraySlice<UInt8>, into output: inout [UInt8]) {
+        var input: ArraySlice<UInt8>
+        if pending.isEmpty {
+            input = bytes
+        } else {
+            pending.append(contentsOf: bytes)
+            input = pending[...]
+            pending = []
+        }
+        while !input.isEmpty {
+            switch state {
+            case .closed:
+                return
+            case .command:
+                guard let lf = input.firstIndex(of: 10) else {
+                    if discardingLongLine { return }
+                    if input.count > Command.maxLineLength {
+                        discardingLongLine = true
+                    } else {
+                        pending = Array(input)
+                    }
+                    return
+                }
+                var line = input[input.startIndex..<lf]
+                input = input[(lf + 1)...]
+                if line.last == 13 { line = line.dropLast() }
+                if discardingLongLine || line.count > Command.maxLineLength {
+                    discardingLongLine = false
+                    reply(&output, "500 5.5.2 Line too long")
+                    continue
+                }
+                if line.contains(0) {
+                    reply(&output, "500 5.5.2 NUL character in command line")
+                    continue
+                }
+                handle(Command.parse(String(decoding: line, as: UTF8.self)), &output)
+            case .data:
+                input = consumeData(input, &output)
+            case .bdat(let remaining, let last):
+                let n = min(remaining, input.count)
+                writeToSpool(input[input.startIndex..<(input.startIndex + n)])
+                input = input[(input.startIndex + n)...]
+                if n == remaining {
+                    state = .command
+                    endChunk(size: remaining, last: last, &output)
+                } else {
+                    state = .bdat(remaining: remaining - n, last: last)
+                }
+            }
+        }
+        if case .bdat(0, let last) = state {  // BDAT 0 LAST arrives with no octets at all
+            state = .command
+            endChunk(size: 0, last: last, &output)
+        }
+    }
+
+    /// DATA content: line by line, unstuffing dots, until the lone dot.
+    private func consumeData(_ input: ArraySlice<UInt8>, _ output: inout [UInt8]) -> ArraySlice<UInt8> {
+        var rest = input
+        while let lf = rest.firstIndex(of: 10) {
+            var line = rest[rest.startIndex...lf]
+            rest = rest[(lf + 1)...]
+            if dataAtLineStart && line.first == UInt8(ascii: ".") {
+                if line.count == 2 || (line.count == 3 && line[line.startIndex + 1] == 13) {
+                    state = .command
+                    endMessage(&output)
+                    return rest
+                }
+                line = line.dropFirst()
+            }
+            dataAtLineStart = true
+            writeToSpool(line)
+        }
+        if rest.isEmpty { return rest }
+        // A partial line: wait for more if it could still become the terminator.
+        if dataAtLineStart && (rest.elementsEqual([46]) || rest.elementsEqual([46, 13])) {
+            pending = Array(rest)
+            return rest[rest.endIndex...]
+        }
+        var part = rest
+        if dataAtLineStart && part.first == UInt8(ascii: ".") { part = part.dropFirst() }
+        dataAtLineStart = false
+        writeToSpool(part)
+        return rest[rest.endIndex...]
+    }
+
+    private func writeToSpool(_ bytes: ArraySlice<UInt8>) {
+        guard let writer = spool, spoolError == nil, !bytes.isEmpty else { return }
+        do {
+            try writer.append(bytes)
+            try writer.flushIfNeeded()
+        } catch {
+            spoolError = (error as? NestboxFailure) ?? NestboxFailure(.temporary, "\(error)")
+            writer.abandon()
+            spool = nil
+        }
+    }
+
+    private func reply(_ output: inout [UInt8], _ line: String) {
+        output.append(contentsOf: Array(line.utf8))
+        output.append(13)
+        output.append(10)
+    }
+
+    // MARK: Commands
+
+    private func handle(_ command: Command, _ output: inout [UInt8]) {
+        switch command {
+        case .lhlo(let name):
+            resetTransaction()
+            lhlo = name
+            let size = limits.maxMessageSize > 0 ? "SIZE \(limits.maxMessageSize)" : "SIZE"
+            for (i, line) in [serverName, "PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", size, "CHUNKING", "SMTPUTF8", "IGNOREQUOTA"].enumerated() {
+                reply(&output, (i == 7 ? "250 " : "250-") + line)
+            }
+        case .helo:
+            reply(&output, "500 5.5.1 This is LMTP: use LHLO")
+        case .mail(let path, let parameters):
+            guard lhlo != nil else { return reply(&output, "503 5.5.1 Send LHLO first") }
+            guard sender == nil else { return reply(&output, "503 5.5.1 Nested MAIL command") }
+            var size: Int64? = nil
+            for p in parameters {
+                switch p.keyword {
+                case "SIZE":
+                    guard let v = p.value, let n = Int64(v), n >= 0 else { return reply(&output, "501 5.5.4 Bad SIZE parameter") }
+                    size = n
+                case "BODY":
+                    guard let v = p.value?.uppercased(), v == "7BIT" || v == "8BITMIME" else {
+                        return reply(&output, "501 5.5.4 BODY must be 7BIT or 8BITMIME")
+                    }
+                case "AUTH", "SMTPUTF8":
+                    break
+                default:
+                    return reply(&output, "555 5.5.4 Unsupported parameter \(Names.printable(p.keyword))")
+                }
+            }
+            if let size, limits.maxMessageSize > 0, size > limits.maxMessageSize {
+                return reply(&output, "552 5.3.4 Message size exceeds fixed limit of \(limits.maxMessageSize) bytes")
+            }
+            let address = path.trimmingCharacters()
+            if address.contains(where: { $0.asciiValue.map { $0 < 32 } ?? false }) {
+                return reply(&output, "501 5.1.7 Bad sender address syntax")
+            }
+            sender = address
+            senderParameters = parameters
+            declaredSize = size
+            transactionCount += 1
+            reply(&output, "250 2.1.0 Ok")
+        case .rcpt(let path, let parameters):
+            guard sender != nil else { return reply(&output, "503 5.5.1 Need MAIL command") }
+            var ignoreQuota = false
+            for p in parameters {
+                if p.keyword == "IGNOREQUOTA" && p.value == nil { ignoreQuota = true }
+                else { return reply(&output, "555 5.5.4 Unsupported parameter \(Names.printable(p.keyword))") }
+            }
+            guard recipients.count < limits.maxRecipients else {
+                return reply(&output, "452 4.5.3 Too many recipients")
+            }
+            do {
+                let target = try delivery.resolve(path, folderName: nil, identity: nil)
+                if !ignoreQuota, let refusal = try delivery.quotaRefusal(target, incomingSize: declaredSize) {
+                    throw refusal
+                }
+                recipients.append(Recipient(address: path, target: target, ignoreQuota: ignoreQuota))
+                reply(&output, "250 2.1.5 Ok")
+            } catch {
+                let f = (error as? NestboxFailure) ?? NestboxFailure(.temporary, "\(error)")
+                Log.info(Delivery.logLine(id: sessionID, sender: sender,
+                                          result: RecipientResult(recipient: path, outcome: f.outcome, detail: f.detail), message: nil))
+                reply(&output, lmtpReply(f.outcome))
+            }
+        case .data:
+            guard sender != nil else { return reply(&output, "503 5.5.1 Need MAIL command") }
+            guard !bdatStarted else { return reply(&output, "503 5.5.1 DATA after BDAT") }
+            guard !recipients.isEmpty else { return reply(&output, "503 5.5.1 No valid recipients") }
+            startSpool()
+            state = .data
+            dataAtLineStart = true
+            reply(&output, "354 Start mail input; end with <CRLF>.<CRLF>")
+        case .bdat(let size, let last):
+            if sender == nil || recipients.isEmpty {
+                // The chunk's octets must still be read (RFC 3030); they go nowhere.
+                chunkRefusal = sender == nil ? "503 5.5.1 Need MAIL command" : "503 5.5.1 No valid recipients"
+            } else if !bdatStarted {
+                bdatStarted = true
+                startSpool()
+            }
+            state = .bdat(remaining: size, last: last)
+        case .rset:
+            resetTransaction()
+            reply(&output, "250 2.0.0 Ok")
+        case .noop:
+            reply(&output, "250 2.0.0 Ok")
+        case .vrfy:
+            reply(&output, "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
+        case .help:
+            reply(&output, "214 2.0.0 See RFC 2033")
+        case .quit:
+            reply(&output, "221 2.0.0 Bye")
+            resetTransaction()
+            state = .closed
+        case .starttls:
+            reply(&output, "502 5.5.1 STARTTLS not offered")
+        case .unknown(let verb):
+            reply(&output, "500 5.5.2 Command unrecognized: \(Names.printable(verb))")
+        case .syntaxError(_, let reason):
+            reply(&output, "501 5.5.4 \(reason)")
+        }
+    }
+
+    private func lmtpReply(_ o: Outcome) -> String {
+        "\(o.replyCode) \(o.status) \(o.text)"
+    }
+
+    private func startSpool() {
+        spoolError = nil
+        let sender = self.sender ?? ""
+        var received = "Received: from \(Names.printable(lhlo ?? "unknown")) (\(client))\n\tby \(serverName) (Nestbox) with LMTP id \(sessionID)-\(transactionCount)"
+        if recipients.count == 1 { received += "\n\tfor <\(Names.printable(recipients[0].address))>" }
+        received += "; \(Delivery.rfc5322Date())"
+        do {
+            spool = try SpoolWriter(spoolDirectory: delivery.store.spoolDirectory, host: delivery.config.serverName,
+                                    returnPath: sender, received: received, maxSize: limits.maxMessageSize,
+                                    headerLimit: limits.headerLimit)
+        } catch {
+            spoolError = (error as? NestboxFailure) ?? NestboxFailure(.temporary, "\(error)")
+        }
+    }
+
+    private func endChunk(size: Int, last: Bool, _ output: inout [UInt8]) {
+        if let refusal = chunkRefusal {
+            chunkRefusal = nil
+            if last { resetTransaction() }
+            return reply(&output, refusal)
+        }
+        if last {
+            endMessage(&output)
+        } else {
+            reply(&output, "250 2.0.0 \(size) octets received")
+        }
+    }
+
+    /// The whole message is in: store it for every recipient, one reply each, in RCPT order.
+    private func endMessage(_ output: inout [UInt8]) {
+        var message: SpooledMessage? = nil
+        if spoolError == nil, let writer = spool {
+            do {
+                message = try writer.finish()
+            } catch {
+                spoolError = (error as? NestboxFailure) ?? NestboxFailure(.temporary, "\(error)")
+            }
+        }
+        spool = nil
+        let id = "\(sessionID)-\(transactionCount)"
+        for r in recipients {
+            let result: RecipientResult
+            if let message {
+                result = delivery.store(message, into: r.target, ignoreQuota: r.ignoreQuota)
+            } else {
+                let f = spoolError ?? NestboxFailure(.temporary, "no message")
+                result = RecipientResult(recipient: r.address, outcome: f.outcome, mailbox: r.target.label, detail: f.detail)
+            }
+            var logged = result
+            logged.recipient = r.address
+            Log.info(Delivery.logLine(id: id, sender: sender, result: logged, message: message))
+            reply(&output, result.outcome.isSuccess ? "250 2.0.0 Ok: \(result.detail)" : lmtpReply(result.outcome))
+        }
+        message?.remove()
+        resetTransaction()
+    }
+
+    private func resetTransaction() {
+        spool?.abandon()
+        spool = nil
+        spoolError = nil
+        sender = nil
+        senderParameters = []
+        declaredSize = nil
+        recipients = []
+        bdatStarted = false
+        dataAtLineStart = true
+    }
+}

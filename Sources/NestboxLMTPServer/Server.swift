@@ -1,0 +1,334 @@
+// nestbox-lmtpd's network side, on SwiftNIO.
+//
+// - Listeners: systemd sockets (LISTEN_FDS), else the UNIX socket `lmtpsocket` (mode, owner
+//   and group from the configuration) and the TCP addresses of `lmtp_listen` (loopback only).
+// - Each connection has one LMTPSession. The event loop only moves bytes: the session (parsing,
+//   spooling, fsyncs) runs on a thread pool, one batch of input at a time per connection, with
+//   reading paused meanwhile. That is the back pressure: a slow disk slows the clients down
+//   instead of filling memory.
+// - Limits: `lmtp_max_connections` (more get 421 4.3.2), `lmtp_idle_timeout` (421 4.4.2).
+// - Graceful shutdown (SIGTERM, SIGINT): listeners close at once; idle sessions get 421 and are
+//   closed; a session in a transaction finishes it (its replies are sent), then is closed; then
+//   the process exits.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Dispatch
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import NestboxLMTP
+import NestboxStore
+import NestboxSupport
+
+public final class LMTPServer: @unchecked Sendable {
+    public let config: Config
+    public let delivery: Delivery
+    let group: MultiThreadedEventLoopGroup
+    let pool: NIOThreadPool
+    private var listeners: [Channel] = []
+    private let state = NIOLockedValueBox(State())
+    private let finished = DispatchSemaphore(value: 0)
+
+    struct State {
+        var connections: [ObjectIdentifier: LMTPHandler] = [:]
+        var draining = false
+        var sessionCounter: UInt64 = 0
+    }
+
+    public init(config: Config) {
+        self.config = config
+        delivery = Delivery(store: MailStore(config: config))
+        group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, System.coreCount))
+        // Enough threads that sessions waiting on fsync do not hold up the others.
+        pool = NIOThreadPool(numberOfThreads: max(8, min(64, config.lmtpMaxConnections)))
+    }
+
+    // MARK: Binding (as root, before privileges are dropped)
+
+    /// Binds every listener. Returns descriptions for the log.
+    public func bind() throws -> [String] {
+        pool.start()
+        var names: [String] = []
+        let inherited = LMTPServer.systemdSockets()
+        if !inherited.isEmpty {
+            for fd in inherited {
+                listeners.append(try bootstrap().withBoundSocket(fd).wait())
+                names.append("systemd socket fd \(fd)")
+            }
+            return names
+        }
+        if !config.lmtpSocket.isEmpty {
+            let path = config.lmtpSocket
+            let dir = Files.directoryName(path)
+            if !Files.isDirectory(dir) {
+                try Files.makeDirectory(dir, mode: 0o755)
+            }
+            listeners.append(try bootstrap().bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).wait())
+            try secureSocket(path)
+            names.append("unix:\(path)")
+        }
+        for l in config.lmtpListeners {
+            listeners.append(try bootstrap().bind(host: l.host, port: l.port).wait())
+            names.append("inet:\(l)")
+        }
+        if listeners.isEmpty {
+            throw NestboxFailure(.config, "no listener: set lmtpsocket or lmtp_listen, or start from a systemd socket")
+        }
+        return names
+    }
+
+    private func secureSocket(_ path: String) throws {
+        if chmod(path, mode_t(config.lmtpSocketMode)) != 0 { throw NestboxFailure.system("chmod", path) }
+        guard geteuid() == 0 else { return }
+        guard let owner = Privileges.lookup(config.lmtpSocketOwner) else {
+            throw NestboxFailure(.config, "lmtpsocket_owner \(config.lmtpSocketOwner): no such user")
+        }
+        var gid = owner.gid
+        if !config.lmtpSocketGroup.isEmpty {
+            guard let g = getgrnam(config.lmtpSocketGroup) else {
+                throw NestboxFailure(.config, "lmtpsocket_group \(config.lmtpSocketGroup): no such group")
+            }
+            gid = g.pointee.gr_gid
+        }
+        if chown(path, owner.uid, gid) != 0 { throw NestboxFailure.system("chown", path) }
+    }
+
+    /// LISTEN_FDS sockets handed over by systemd (fds 3...), when they are meant for us.
+    static func systemdSockets() -> [CInt] {
+        let env = Config.currentEnvironment()
+        guard let pidText = env["LISTEN_PID"], let pid = Int32(pidText), pid == getpid(),
+              let countText = env["LISTEN_FDS"], let count = Int32(countText), count > 0 else { return [] }
+        unsetenv("LISTEN_PID")
+        unsetenv("LISTEN_FDS")
+        unsetenv("LISTEN_FDNAMES")
+        return (0..<count).map { 3 + $0 }
+    }
+
+    private func bootstrap() -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 256)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.autoRead, value: true)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try self.initialize(channel)
+                }
+            }
+    }
+
+    private func initialize(_ channel: Channel) throws {
+        let (accepted, id) = state.withLockedValue { s -> (Bool, UInt64) in
+            s.sessionCounter += 1
+            return (!s.draining && s.connections.count < config.lmtpMaxConnections, s.sessionCounter)
+        }
+        let client: String
+        if let address = channel.remoteAddress, let ip = address.ipAddress {
+            client = "[\(ip)]:\(address.port ?? 0)"
+        } else {
+            client = "unix socket"
+        }
+        let sessionID = "\(String(UInt64(wallSeconds()), radix: 36).uppercased())\(String(id, radix: 36).uppercased())"
+        guard accepted else {
+            Log.warning("\(sessionID): refused connection from \(client): too many connections or shutting down")
+            try channel.pipeline.syncOperations.addHandler(RefuseHandler(serverName: config.serverName))
+            return
+        }
+        let session = LMTPSession(delivery: delivery, serverName: config.serverName, client: client,
+                                  sessionID: sessionID, limits: LMTPSession.Limits(config: config))
+        let handler = LMTPHandler(session: session, pool: pool, server: self)
+        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .seconds(config.lmtpIdleTimeout)))
+        try channel.pipeline.syncOperations.addHandler(handler)
+        state.withLockedValue { $0.connections[ObjectIdentifier(handler)] = handler }
+        Log.info("\(sessionID): connect from \(client)")
+    }
+
+    func connectionClosed(_ handler: LMTPHandler) {
+        let done = state.withLockedValue { s -> Bool in
+            s.connections[ObjectIdentifier(handler)] = nil
+            return s.draining && s.connections.isEmpty
+        }
+        if done { finished.signal() }
+    }
+
+    var isDraining: Bool { state.withLockedValue { $0.draining } }
+
+    // MARK: Running and stopping
+
+    /// Serves until SIGTERM or SIGINT, then drains and returns.
+    public func run() {
+        signal(SIGPIPE, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        let queue = DispatchQueue(label: "signals")
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGTERM, SIGINT] {
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+            source.setEventHandler { [self] in self.beginShutdown(signal: sig) }
+            source.resume()
+            sources.append(source)
+        }
+        if config.duplicateSuppression, let db = delivery.duplicates {
+            let expiry = config.duplicateExpire
+            queue.async {
+                while true {
+                    if let n = try? db.prune(olderThan: expiry), n > 0 { Log.info("duplicate database: pruned \(n) expired records") }
+                    sleep(86_400)
+                }
+            }
+        }
+        finished.wait()
+        sources.forEach { $0.cancel() }
+        try? pool.syncShutdownGracefully()
+        try? group.syncShutdownGracefully()
+        Log.info("stopped")
+    }
+
+    func beginShutdown(signal: Int32) {
+        let handlers = state.withLockedValue { s -> [LMTPHandler] in
+            s.draining = true
+            return Array(s.connections.values)
+        }
+        Log.info("signal \(signal): no longer accepting; finishing \(handlers.count) session(s)")
+        for l in listeners { l.close(promise: nil) }
+        for h in handlers { h.drain() }
+        let empty = state.withLockedValue { $0.connections.isEmpty }
+        if empty { finished.signal() }
+    }
+}
+
+/// Refuses a connection over the limit or during shutdown.
+final class RefuseHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let serverName: String
+    init(serverName: String) { self.serverName = serverName }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let buffer = context.channel.allocator.buffer(string: "421 4.3.2 \(serverName) Too many connections, try again later\r\n")
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in context.close(promise: nil) }
+    }
+}
+
+/// Moves bytes between the socket and the session; the session runs on the thread pool.
+final class LMTPHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let session: LMTPSession
+    let pool: NIOThreadPool
+    unowned let server: LMTPServer
+    private var context: ChannelHandlerContext? = nil
+    private var queued: [UInt8] = []
+    private var busy = false
+    private var closing = false
+    private var inactive = false
+
+    init(session: LMTPSession, pool: NIOThreadPool, server: LMTPServer) {
+        self.session = session
+        self.pool = pool
+        self.server = server
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func channelActive(context: ChannelHandlerContext) {
+        write(session.greeting(), context: context)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        if let bytes = buffer.readBytes(length: buffer.readableBytes) { queued.append(contentsOf: bytes) }
+        if !busy { process(context: context) }
+    }
+
+    private func process(context: ChannelHandlerContext) {
+        guard !queued.isEmpty, !closing else { return }
+        busy = true
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+        let input = queued
+        queued = []
+        let session = self.session
+        pool.runIfActive(eventLoop: context.eventLoop) { () -> [UInt8] in
+            var out: [UInt8] = []
+            session.feed(input[...], into: &out)
+            return out
+        }.whenComplete { [self] result in
+            busy = false
+            if inactive {
+                session.connectionLost()
+                return
+            }
+            switch result {
+            case .success(let out):
+                if !out.isEmpty { write(out, context: context) }
+                if session.isClosed {
+                    closeAfterFlush(context: context)
+                } else if server.isDraining && !session.inTransaction {
+                    write(session.close(reason: "421 4.3.2 \(session.serverName) Shutting down"), context: context)
+                    closeAfterFlush(context: context)
+                } else if !queued.isEmpty {
+                    process(context: context)
+                } else {
+                    context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+                }
+            case .failure(let error):
+                Log.error("\(session.sessionID): \(error)")
+                write(session.close(reason: "421 4.3.0 \(session.serverName) Internal error, closing"), context: context)
+                closeAfterFlush(context: context)
+            }
+        }
+    }
+
+    private func write(_ bytes: [UInt8], context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    private func closeAfterFlush(context: ChannelHandlerContext) {
+        guard !closing else { return }
+        closing = true
+        context.close(promise: nil)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? IdleStateHandler.IdleStateEvent, e == .read, !busy {
+            Log.info("\(session.sessionID): idle timeout, closing")
+            write(session.close(reason: "421 4.4.2 \(session.serverName) Idle timeout, closing connection"), context: context)
+            closeAfterFlush(context: context)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Shutdown: close now if nothing is in flight; otherwise the end of the work does it.
+    func drain() {
+        guard let context else { return }
+        context.eventLoop.execute { [self] in
+            if !busy && !session.inTransaction && !closing {
+                write(session.close(reason: "421 4.3.2 \(session.serverName) Shutting down"), context: context)
+                closeAfterFlush(context: context)
+            }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        closing = true
+        inactive = true
+        // While the pool still works on this session, the end of that work does this.
+        if !busy { session.connectionLost() }
+        Log.info("\(session.sessionID): disconnect")
+        server.connectionClosed(self)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        Log.warning("\(session.sessionID): \(error)")
+        closeAfterFlush(context: context)
+    }
+}

@@ -1,0 +1,123 @@
+// The duplicate-delivery database (Cyrus's deliver.db): which message has already been
+// delivered to which mailbox, so that a retry (Postfix after a lost connection, a mail loop, a
+// list sending twice) is not stored twice.
+//
+// Key: Message-ID, Date (empty when the message has none: unlike Cyrus, such messages are still
+// recognised) and the target mailbox. A message without Message-ID is never suppressed.
+//
+// Storage: one small file per key below `<root>/.nestbox/duplicates/<xx>/`, named by a 64-bit
+// hash of the key, holding the whole key. A lookup compares the stored key, so a hash collision
+// can never suppress a different message (a collision takes the next name, `<hash>.1`, ...).
+// The file's mtime is the time of delivery; entries older than the expiry are ignored by lookups
+// and removed by `prune` (nestbox-lmtpd at start and daily; nestbox-purge later).
+// Concurrent processes need no lock: a record is created whole with O_EXCL and renamed in.
+//
+// Crash safety: the record is written after the message is safely in the mailbox and is not
+// fsynced. A crash in between can only forget a delivery (a later retry is then stored twice);
+// it can never lose a message.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import NestboxSupport
+
+public struct DuplicateDB: Sendable {
+    public let directory: String
+    public let expiry: Double
+
+    public init(directory: String, expiry: Double) {
+        self.directory = directory
+        self.expiry = expiry
+    }
+
+    public static func key(messageID: String?, date: String?, mailbox: String) -> [UInt8]? {
+        guard let id = messageID?.trimmingSpaces(), !id.isEmpty else { return nil }
+        return Array("\(id)\u{0}\((date ?? "").trimmingSpaces())\u{0}\(mailbox)".utf8)
+    }
+
+    /// FNV-1a, 64 bits: only spreads names; equality is decided on the stored key.
+    static func hash(_ key: [UInt8]) -> UInt64 {
+        var h: UInt64 = 0xcbf29ce484222325
+        for b in key { h = (h ^ UInt64(b)) &* 0x100000001b3 }
+        return h
+    }
+
+    private func candidates(_ key: [UInt8]) -> (dir: String, base: String) {
+        let h = hexString(withUnsafeBytes(of: DuplicateDB.hash(key).bigEndian) { Array($0) })
+        return ("\(directory)/\(h.prefix(2))", h)
+    }
+
+    /// Whether `key` was delivered within the expiry.
+    public func contains(_ key: [UInt8]) -> Bool {
+        let (dir, base) = candidates(key)
+        for n in 0..<16 {
+            let path = n == 0 ? "\(dir)/\(base)" : "\(dir)/\(base).\(n)"
+            guard let st = try? Files.status(path) else { return false }
+            guard let stored = try? Files.read(path, limit: 8192) else { continue }
+            if stored == key { return wallSeconds() - Double(st.st_mtim.tv_sec) <= expiry }
+        }
+        return false
+    }
+
+    /// Remembers `key` (refreshing the time of an existing record). Failures are only logged.
+    public func record(_ key: [UInt8]) {
+        do {
+            try Files.makeDirectory(directory)
+            let (dir, base) = candidates(key)
+            try Files.makeDirectory(dir)
+            for n in 0..<16 {
+                let path = n == 0 ? "\(dir)/\(base)" : "\(dir)/\(base).\(n)"
+                if let stored = try Files.read(path, limit: 8192) {
+                    if stored == key {
+                        _ = utimes(path, nil)
+                        return
+                    }
+                    if let st = try Files.status(path), wallSeconds() - Double(st.st_mtim.tv_sec) > expiry {
+                        try write(key, to: path)  // an expired record's slot is free
+                        return
+                    }
+                    continue
+                }
+                try write(key, to: path)
+                return
+            }
+            Log.warning("duplicate database: 16 colliding records for one hash in \(dir)")
+        } catch {
+            Log.warning("duplicate database: \(error)")
+        }
+    }
+
+    private func write(_ key: [UInt8], to path: String) throws {
+        let tmp = "\(path).tmp.\(getpid()).\(UniqueCounter.next())"
+        let fd = try Files.createExclusive(tmp)
+        defer { close(fd) }
+        do {
+            try Files.writeAll(fd, key, path: tmp)
+            try Files.rename(tmp, path)
+        } catch {
+            Files.removeQuietly(tmp)
+            throw error
+        }
+    }
+
+    /// Removes records older than `age` seconds; returns how many.
+    @discardableResult
+    public func prune(olderThan age: Double) throws -> Int {
+        var removed = 0
+        let now = wallSeconds()
+        for sub in try Files.list(directory) ?? [] {
+            let dir = "\(directory)/\(sub)"
+            for name in try Files.list(dir) ?? [] {
+                let path = "\(dir)/\(name)"
+                guard let st = try Files.status(path) else { continue }
+                if now - Double(st.st_mtim.tv_sec) > age {
+                    Files.removeQuietly(path)
+                    removed += 1
+                }
+            }
+        }
+        return removed
+    }
+}
