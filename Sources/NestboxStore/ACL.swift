@@ -21,7 +21,7 @@ public struct ACL: Equatable, Sendable {
 
     public static func parse(_ text: String) -> ACL {
         var acl = ACL()
-        for raw in text.split(separator: "\n") {
+        for raw in text.textLines(omittingEmpty: true) {
             let line = raw.trimmingSpaces()
             if line.isEmpty || line.hasPrefix("#") { continue }
             guard let space = line.lastIndex(where: { $0 == " " || $0 == "\t" }) else { continue }

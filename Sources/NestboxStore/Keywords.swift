@@ -21,7 +21,7 @@ public struct Keywords: Equatable, Sendable {
 
     public static func parse(_ text: String) -> Keywords {
         var k = Keywords()
-        for line in text.split(separator: "\n") {
+        for line in text.textLines(omittingEmpty: true) {
             let parts = line.split(separator: " ", maxSplits: 1)
             guard parts.count == 2, let i = Int(parts[0]), i >= 0, i < maxCount else { continue }
             let name = String(parts[1]).trimmingSpaces()

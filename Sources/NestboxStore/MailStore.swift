@@ -87,7 +87,7 @@ public struct MailStore: Sendable {
     /// Whether the recipient lives in a per-domain area (virtdomains, not defaultdomain).
     public func usesDomainArea(_ r: Recipient) -> Bool {
         guard config.virtDomains == .userid, let d = r.domain else { return false }
-        return d != config.defaultDomain
+        return d.lowercased() != config.defaultDomain
     }
 
     /// The user's Maildir++ root. Throws 5.1.3 for names that cannot be on disk.
@@ -102,7 +102,7 @@ public struct MailStore: Sendable {
 
     /// The shared folders' root (per domain with virtdomains).
     public func sharedRoot(domain: String?) throws -> String {
-        if config.virtDomains == .userid, let d = domain, d != config.defaultDomain {
+        if config.virtDomains == .userid, let d = domain, d.lowercased() != config.defaultDomain {
             try Names.validateDomain(d)
             return "\(root)/\(d)/\(MailStore.sharedUser)"
         }
@@ -150,7 +150,7 @@ public struct MailStore: Sendable {
 public enum Subscriptions {
     public static func read(root: String) throws -> [[String]] {
         guard let bytes = try Files.read("\(root)/subscriptions", limit: 1 << 22) else { return [] }
-        var lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: true)
+        var lines = String(decoding: bytes, as: UTF8.self).textLines(omittingEmpty: true)
         if lines.first == "V\t2" { lines.removeFirst() }
         return lines.map { $0.split(separator: "\t").map(String.init) }
     }

@@ -74,7 +74,7 @@ public struct MaildirSize: Equatable, Sendable {
     /// nil when line 1 is not a limits line.
     public static func parse(_ bytes: [UInt8]) -> MaildirSize? {
         let text = String(decoding: bytes, as: UTF8.self)
-        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        let lines = text.textLines()
         guard let first = lines.first, let limits = QuotaLimits.parse(first) else { return nil }
         var usage = QuotaUsage()
         var count = 0

@@ -93,6 +93,7 @@ public final class SpoolWriter {
 
     /// Feeds raw message bytes (CRLF or LF, no dot-stuffing).
     public func append(_ bytes: ArraySlice<UInt8>) throws {
+        guard !bytes.isEmpty else { return }
         inputBytes += Int64(bytes.count)
         if maxSize > 0 && inputBytes > maxSize {
             throw NestboxFailure(.tooBig.with(text: "Message too big (limit \(maxSize) bytes)"), "message over maxmessagesize \(maxSize)")

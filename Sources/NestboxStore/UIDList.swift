@@ -136,7 +136,7 @@ public struct UIDList: Equatable, Sendable {
     /// Parses a whole file. Throws `Corrupt` for anything Dovecot would also reject.
     public static func parse(_ bytes: [UInt8]) throws -> UIDList {
         let text = String(decoding: bytes, as: UTF8.self)
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        var lines = text.textLines()
         if lines.last == "" { lines.removeLast() }
         guard let first = lines.first else { throw Corrupt(line: 1, reason: "empty file") }
         let header = try parseHeader(first)

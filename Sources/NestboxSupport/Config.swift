@@ -147,7 +147,7 @@ public struct Config: Sendable {
         source = file
         var seen: [String: Int] = [:]
         var number = 0
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        for raw in text.textLines() {
             number += 1
             let line = raw.trimmingSpaces()
             if line.isEmpty || line.hasPrefix("#") { continue }
@@ -250,6 +250,12 @@ public struct Config: Sendable {
 }
 
 extension StringProtocol {
+    /// The lines of a text file, LF or CRLF (in Swift "\r\n" is one Character, so a plain
+    /// split on "\n" would not see CRLF line ends at all).
+    public func textLines(omittingEmpty: Bool = false) -> [SubSequence] {
+        split(omittingEmptySubsequences: omittingEmpty, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
+    }
+
     /// The text without leading and trailing spaces and tabs (no Foundation needed).
     public func trimmingSpaces() -> String {
         let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r" }

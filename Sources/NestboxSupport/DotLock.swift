@@ -82,8 +82,13 @@ public final class DotLock {
     public func release() {
         guard held else { return }
         held = false
+        // Same inode and still our pid:host inside: an inode number alone can be reused by a
+        // lock someone else created after ours was judged stale and removed.
         var st = stat()
-        if lstat(path, &st) == 0 && st.st_ino == inode { unlink(path) }
+        guard lstat(path, &st) == 0, st.st_ino == inode else { return }
+        if let content = try? Files.read(path, limit: 300), content == Array("\(getpid()):\(Host.name)".utf8) {
+            unlink(path)
+        }
     }
 
     /// Whether the lock at `path` is stale by Dovecot's rules; removes it if so.
