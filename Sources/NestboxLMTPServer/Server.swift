@@ -72,7 +72,9 @@ public final class LMTPServer: @unchecked Sendable {
             names.append("unix:\(path)")
         }
         for l in config.lmtpListeners {
-            listeners.append(try bootstrap().bind(host: l.host, port: l.port).wait())
+            listeners.append(try bootstrap()
+                .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+                .bind(host: l.host, port: l.port).wait())
             names.append("inet:\(l)")
         }
         if listeners.isEmpty {
@@ -158,22 +160,31 @@ public final class LMTPServer: @unchecked Sendable {
 
     // MARK: Running and stopping
 
+    /// Blocks SIGTERM and SIGINT in the calling thread and every thread created after it, so
+    /// that only `run()`'s sigwait thread sees them. Call before anything starts threads.
+    public static func blockTerminationSignals() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        signal(SIGPIPE, SIG_IGN)
+    }
+
     /// Serves until SIGTERM or SIGINT, then drains and returns.
     public func run() {
-        signal(SIGPIPE, SIG_IGN)
-        signal(SIGTERM, SIG_IGN)
-        signal(SIGINT, SIG_IGN)
-        let queue = DispatchQueue(label: "signals")
-        var sources: [DispatchSourceSignal] = []
-        for sig in [SIGTERM, SIGINT] {
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
-            source.setEventHandler { [self] in self.beginShutdown(signal: sig) }
-            source.resume()
-            sources.append(source)
+        startThread { [self] in
+            var set = sigset_t()
+            sigemptyset(&set)
+            sigaddset(&set, SIGTERM)
+            sigaddset(&set, SIGINT)
+            var sig: Int32 = 0
+            while sigwait(&set, &sig) != 0 {}
+            self.beginShutdown(signal: sig)
         }
         if config.duplicateSuppression, let db = delivery.duplicates {
             let expiry = config.duplicateExpire
-            queue.async {
+            startThread {
                 while true {
                     if let n = try? db.prune(olderThan: expiry), n > 0 { Log.info("duplicate database: pruned \(n) expired records") }
                     sleep(86_400)
@@ -181,7 +192,6 @@ public final class LMTPServer: @unchecked Sendable {
             }
         }
         finished.wait()
-        sources.forEach { $0.cancel() }
         try? pool.syncShutdownGracefully()
         try? group.syncShutdownGracefully()
         Log.info("stopped")
@@ -243,13 +253,22 @@ final class LMTPHandler: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
         if let bytes = buffer.readBytes(length: buffer.readableBytes) { queued.append(contentsOf: bytes) }
-        if !busy { process(context: context) }
+        if !busy {
+            process(context: context)
+        } else if queued.count > LMTPHandler.backPressureBytes && !readingPaused {
+            // The store is slower than the client: stop reading until the session catches up.
+            readingPaused = true
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+        }
     }
+
+    /// Input beyond this waiting for the session pauses reading from the socket.
+    static let backPressureBytes = 1 << 20
+    private var readingPaused = false
 
     private func process(context: ChannelHandlerContext) {
         guard !queued.isEmpty, !closing else { return }
         busy = true
-        context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
         let input = queued
         queued = []
         let session = self.session
@@ -273,7 +292,9 @@ final class LMTPHandler: ChannelInboundHandler, @unchecked Sendable {
                     closeAfterFlush(context: context)
                 } else if !queued.isEmpty {
                     process(context: context)
-                } else {
+                }
+                if readingPaused && queued.count <= LMTPHandler.backPressureBytes && !closing {
+                    readingPaused = false
                     context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
                 }
             case .failure(let error):

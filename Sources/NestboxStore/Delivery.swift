@@ -134,15 +134,31 @@ public struct Delivery: Sendable {
         }
         do {
             if !ignoreQuota, let refusal = try quotaRefusal(target, incomingSize: message.size) { throw refusal }
-            let final = try link(message, into: target.folder)
-            if let db = duplicates, let key = duplicateKey { db.record(key) }
+            let folder = target.folder
+            let final = try link(message, into: folder)
+            // The UID: appended under the lock, made durable after it is released, so the lock
+            // is held for microseconds and concurrent sessions share one journal commit.
+            var recorded = false
             do {
-                let lock = try target.folder.uidList.lock()
-                defer { lock.release() }
-                result.uid = try target.folder.uidList.appendLocked([final]).first
+                try StripedLocks.with(folder.path) {
+                    let lock = try folder.uidList.lock()
+                    defer { lock.release() }
+                    result.uid = try folder.uidList.appendLocked([final], sync: false).first
+                }
+                recorded = true
             } catch {
-                Log.warning("\(target.label): delivered, but no UID recorded yet: \(error)")
+                Log.warning("\(target.label): no UID recorded yet (Dovecot assigns one when it next looks): \(error)")
             }
+            do {
+                try Files.fsyncDirectory("\(folder.path)/new")
+            } catch {
+                Files.removeQuietly("\(folder.path)/new/\(final)")
+                throw error
+            }
+            if recorded {
+                do { try folder.uidList.sync() } catch { Log.warning("\(target.label): \(error)") }
+            }
+            if let db = duplicates, let key = duplicateKey { db.record(key) }
             do {
                 try target.quota.append(bytes: message.size, messages: 1)
             } catch {
@@ -168,7 +184,7 @@ public struct Delivery: Sendable {
         return NestboxFailure(row, "over quota: \(state.usage.bytes) bytes, \(state.usage.messages) messages of \(state.limits.line)")
     }
 
-    /// tmp/ -> new/ -> fsync; returns the stem written. Removes what it made on failure.
+    /// tmp/ -> new/; returns the stem written (the caller fsyncs new/). Removes what it made on failure.
     func link(_ message: SpooledMessage, into folder: Folder) throws -> String {
         let base = MaildirName.newBase(host: config.serverName)
         let stem = MaildirName.stem(base: base, size: message.size, virtualSize: message.virtualSize)
@@ -183,12 +199,6 @@ public struct Delivery: Sendable {
             try Files.rename(tmp, new)
         } catch {
             Files.removeQuietly(tmp)
-            throw error
-        }
-        do {
-            try Files.fsyncDirectory("\(folder.path)/new")
-        } catch {
-            Files.removeQuietly(new)
             throw error
         }
         return stem

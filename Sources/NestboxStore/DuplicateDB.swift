@@ -10,7 +10,8 @@
 // can never suppress a different message (a collision takes the next name, `<hash>.1`, ...).
 // The file's mtime is the time of delivery; entries older than the expiry are ignored by lookups
 // and removed by `prune` (nestbox-lmtpd at start and daily; nestbox-purge later).
-// Concurrent processes need no lock: a record is created whole with O_EXCL and renamed in.
+// Concurrent processes need no lock: a record is one small write, and a half-written one
+// never matches a key.
 //
 // Crash safety: the record is written after the message is safely in the mailbox and is not
 // fsynced. A crash in between can only forget a delivery (a later retry is then stored twice);
@@ -64,9 +65,9 @@ public struct DuplicateDB: Sendable {
     /// Remembers `key` (refreshing the time of an existing record). Failures are only logged.
     public func record(_ key: [UInt8]) {
         do {
-            try Files.makeDirectory(directory)
+            try Files.ensureDirectory(directory)
             let (dir, base) = candidates(key)
-            try Files.makeDirectory(dir)
+            try Files.ensureDirectory(dir)
             for n in 0..<16 {
                 let path = n == 0 ? "\(dir)/\(base)" : "\(dir)/\(base).\(n)"
                 if let stored = try Files.read(path, limit: 8192) {
@@ -89,17 +90,13 @@ public struct DuplicateDB: Sendable {
         }
     }
 
+    /// Writes the record in place: a reader that sees it half-written compares unequal and
+    /// treats the message as new, which is the safe side.
     private func write(_ key: [UInt8], to path: String) throws {
-        let tmp = "\(path).tmp.\(getpid()).\(UniqueCounter.next())"
-        let fd = try Files.createExclusive(tmp)
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, Files.fileMode)
+        if fd < 0 { throw NestboxFailure.system("create", path) }
         defer { close(fd) }
-        do {
-            try Files.writeAll(fd, key, path: tmp)
-            try Files.rename(tmp, path)
-        } catch {
-            Files.removeQuietly(tmp)
-            throw error
-        }
+        try Files.writeAll(fd, key, path: path)
     }
 
     /// Removes records older than `age` seconds; returns how many.

@@ -65,7 +65,7 @@ public final class SpoolWriter {
     /// Creates the spool file and writes the trace headers.
     public init(spoolDirectory: String, host: String, returnPath: String?, received: String,
                 maxSize: Int64 = 0, headerLimit: Int = SpoolWriter.defaultHeaderLimit) throws {
-        try Files.makeDirectory(spoolDirectory)
+        try Files.ensureDirectory(spoolDirectory)
         path = "\(spoolDirectory)/\(MaildirName.newBase(host: host))"
         fd = try Files.createExclusive(path)
         self.maxSize = maxSize

@@ -216,7 +216,9 @@ public struct UIDListFile: Sendable {
 
     /// Gives `stems` the next UIDs, in order, appending them to the list. The caller holds the
     /// lock (`lock()`). Creates the list with a fresh UIDVALIDITY if there is none.
-    public func appendLocked(_ stems: [String]) throws -> [UInt32] {
+    /// With `sync: false` the new lines are written but not fdatasynced: call `sync()` after
+    /// releasing the lock.
+    public func appendLocked(_ stems: [String], sync: Bool = true) throws -> [UInt32] {
         guard !stems.isEmpty else { return [] }
         let fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
         if fd < 0 {
@@ -250,12 +252,19 @@ public struct UIDListFile: Sendable {
         do {
             guard lseek(fd, off_t(size), SEEK_SET) >= 0 else { throw NestboxFailure.system("lseek", path) }
             try Files.writeAll(fd, Array(text.utf8), path: path)
-            try Files.fdatasync(fd, path: path)
+            if sync { try Files.fdatasync(fd, path: path) }
         } catch {
             _ = ftruncate(fd, off_t(size))  // never leave a torn record behind
             throw error
         }
         return uids
+    }
+
+    /// fdatasync of the list (after an unsynced append).
+    public func sync() throws {
+        guard let fd = try Files.openForReading(path) else { return }
+        defer { close(fd) }
+        try Files.fdatasync(fd, path: path)
     }
 
     /// Header and last UID from the first and the last few KiB; nil when the file does not end

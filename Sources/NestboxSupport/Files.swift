@@ -180,6 +180,14 @@ public enum Files {
         throw NestboxFailure.system("mkdir", path, errno: code)
     }
 
+    /// makeDirectory, remembered per process: for directories that, once made, stay (the
+    /// spool, the duplicate database's buckets). Saves a mkdir per delivery.
+    public static func ensureDirectory(_ path: String) throws {
+        if KnownDirectories.contains(path) { return }
+        try makeDirectory(path)
+        KnownDirectories.insert(path)
+    }
+
     /// The names in a directory except "." and "..", unsorted. nil when it does not exist.
     public static func list(_ path: String) throws -> [String]? {
         guard let dir = opendir(path) else {
@@ -267,4 +275,38 @@ public func hexString<S: Sequence>(_ bytes: S) -> String where S.Element == UInt
         s.append(digits[Int(b & 15)])
     }
     return s
+}
+
+/// Starts a detached thread running `body` (no Foundation needed).
+public func startThread(_ body: @escaping () -> Void) {
+    final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
+    let box = Unmanaged.passRetained(Box(body)).toOpaque()
+    var thread = pthread_t()
+    let rc = pthread_create(&thread, nil, { arg in
+        let box = Unmanaged<AnyObject>.fromOpaque(arg!).takeRetainedValue() as! Box
+        box.body()
+        return nil
+    }, box)
+    if rc == 0 { pthread_detach(thread) } else { Unmanaged<AnyObject>.fromOpaque(box).release() }
+}
+
+enum KnownDirectories {
+    nonisolated(unsafe) private static var set = Set<String>()
+    private static let lock: UnsafeMutablePointer<pthread_mutex_t> = {
+        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(m, nil)
+        return m
+    }()
+
+    static func contains(_ p: String) -> Bool {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return set.contains(p)
+    }
+
+    static func insert(_ p: String) {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        set.insert(p)
+    }
 }

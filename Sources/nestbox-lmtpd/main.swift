@@ -90,6 +90,7 @@ if inetd {
     exit(0)
 }
 
+LMTPServer.blockTerminationSignals()
 let server = LMTPServer(config: config)
 do {
     let names = try server.bind()
