@@ -83,6 +83,11 @@ public final class LMTPServer: @unchecked Sendable {
         return names
     }
 
+    /// Starts accepting connections (call after switching to the mail owner).
+    public func startAccepting() throws {
+        for l in listeners { try l.setOption(ChannelOptions.autoRead, value: true).wait() }
+    }
+
     private func secureSocket(_ path: String) throws {
         if chmod(path, mode_t(config.lmtpSocketMode)) != 0 { throw NestboxFailure.system("chmod", path) }
         guard geteuid() == 0 else { return }
@@ -114,6 +119,8 @@ public final class LMTPServer: @unchecked Sendable {
         ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 256)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            // Nothing is accepted until `startAccepting()`, after privileges are dropped.
+            .serverChannelOption(ChannelOptions.autoRead, value: false)
             .childChannelOption(ChannelOptions.autoRead, value: true)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {

@@ -149,14 +149,17 @@ public struct Delivery: Sendable {
             } catch {
                 Log.warning("\(target.label): no UID recorded yet (Dovecot assigns one when it next looks): \(error)")
             }
+            // Durability, in this order: the uidlist's fdatasync commits the file system's
+            // journal with the rename in it, so the directory fsync after it has (on ext4)
+            // nothing left to wait for: two journal commits a message, spool and this.
+            if recorded {
+                do { try folder.uidList.sync() } catch { Log.warning("\(target.label): \(error)") }
+            }
             do {
                 try Files.fsyncDirectory("\(folder.path)/new")
             } catch {
                 Files.removeQuietly("\(folder.path)/new/\(final)")
                 throw error
-            }
-            if recorded {
-                do { try folder.uidList.sync() } catch { Log.warning("\(target.label): \(error)") }
             }
             if let db = duplicates, let key = duplicateKey { db.record(key) }
             do {

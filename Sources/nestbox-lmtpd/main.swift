@@ -96,6 +96,7 @@ do {
     let names = try server.bind()
     try Privileges.dropIfRoot(to: config.mailOwner)
     try MailStore(config: config).prepare()
+    try server.startAccepting()
     Log.info("listening on \(names.joined(separator: ", ")) as uid \(getuid()); mail root \(config.partition)")
 } catch let f as NestboxFailure {
     fail(f)
