@@ -45,7 +45,7 @@ public final class LMTPSession {
     private enum State {
         case command
         case data
-        case bdat(remaining: Int, last: Bool)
+        case bdat(remaining: Int, last: Bool, size: Int)
         case closed
     }
 
@@ -130,7 +130,8 @@ public final class LMTPSession {
             case .command:
                 guard let lf = input.firstIndex(of: 10) else {
                     if discardingLongLine { return }
-                    if input.count > Command.maxLineLength {
+                    // +1: a CR may be waiting for its LF; the line check below strips it.
+                    if input.count > Command.maxLineLength + 1 {
                         discardingLongLine = true
                     } else {
                         pending = Array(input)
@@ -152,19 +153,19 @@ public final class LMTPSession {
                 handle(Command.parse(String(decoding: line, as: UTF8.self)), &output)
             case .data:
                 input = consumeData(input, &output)
-            case .bdat(let remaining, let last):
+            case .bdat(let remaining, let last, let size):
                 let n = min(remaining, input.count)
                 writeToSpool(input[input.startIndex..<(input.startIndex + n)])
                 input = input[(input.startIndex + n)...]
                 if n == remaining {
                     state = .command
-                    endChunk(size: remaining, last: last, &output)
+                    endChunk(size: size, last: last, &output)
                 } else {
-                    state = .bdat(remaining: remaining - n, last: last)
+                    state = .bdat(remaining: remaining - n, last: last, size: size)
                 }
             }
         }
-        if case .bdat(0, let last) = state {  // BDAT 0 LAST arrives with no octets at all
+        if case .bdat(0, let last, _) = state {  // BDAT 0 arrives with no octets at all
             state = .command
             endChunk(size: 0, last: last, &output)
         }
@@ -254,7 +255,7 @@ public final class LMTPSession {
                 return reply(&output, "552 5.3.4 Message size exceeds fixed limit of \(limits.maxMessageSize) bytes")
             }
             let address = path.trimmingCharacters()
-            if address.contains(where: { $0.asciiValue.map { $0 < 32 } ?? false }) {
+            if address.unicodeScalars.contains(where: { $0.value < 32 || $0 == "\u{FFFD}" }) {
                 return reply(&output, "501 5.1.7 Bad sender address syntax")
             }
             sender = address
@@ -301,7 +302,7 @@ public final class LMTPSession {
                 bdatStarted = true
                 startSpool()
             }
-            state = .bdat(remaining: size, last: last)
+            state = .bdat(remaining: size, last: last, size: size)
         case .rset:
             resetTransaction()
             reply(&output, "250 2.0.0 Ok")

@@ -94,13 +94,27 @@ public final class SpoolWriter {
     /// Feeds raw message bytes (CRLF or LF, no dot-stuffing).
     public func append(_ bytes: ArraySlice<UInt8>) throws {
         guard !bytes.isEmpty else { return }
-        inputBytes += Int64(bytes.count)
-        if maxSize > 0 && inputBytes > maxSize {
-            throw NestboxFailure(.tooBig.with(text: "Message too big (limit \(maxSize) bytes)"), "message over maxmessagesize \(maxSize)")
+        // The first limit crossed in the stream decides the refusal, however the input is cut:
+        // the bytes before the size limit or a NUL are processed first (where the header limit
+        // may be crossed), then the refusal for what comes at the cut.
+        var cut = bytes.endIndex
+        var refusal: NestboxFailure? = nil
+        if maxSize > 0 && inputBytes + Int64(bytes.count) > maxSize {
+            cut = bytes.startIndex + Int(max(0, maxSize - inputBytes))
+            refusal = NestboxFailure(.tooBig.with(text: "Message too big (limit \(maxSize) bytes)"), "message over maxmessagesize \(maxSize)")
         }
-        if bytes.contains(0) {
-            throw NestboxFailure(.dataError.with(text: "Message contains NUL bytes"), "message contains a NUL byte")
+        if let nul = bytes[..<cut].firstIndex(of: 0) {
+            cut = nul
+            refusal = NestboxFailure(.dataError.with(text: "Message contains NUL bytes"), "message contains a NUL byte")
         }
+        inputBytes += Int64(cut - bytes.startIndex)
+        try convert(bytes[..<cut])
+        if let refusal { throw refusal }
+    }
+
+    /// CRLF -> LF, then header processing.
+    private func convert(_ bytes: ArraySlice<UInt8>) throws {
+        guard !bytes.isEmpty else { return }
         var start = bytes.startIndex
         var i = start
         // CRLF -> LF without copying the chunk: emit runs between CRs.
