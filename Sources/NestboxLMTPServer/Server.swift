@@ -189,13 +189,15 @@ public final class LMTPServer: @unchecked Sendable {
             while sigwait(&set, &sig) != 0 {}
             self.beginShutdown(signal: sig)
         }
-        if config.duplicateSuppression, let db = delivery.duplicates {
-            let expiry = config.duplicateExpire
-            startThread {
-                while true {
-                    if let n = try? db.prune(olderThan: expiry), n > 0 { Log.info("duplicate database: pruned \(n) expired records") }
-                    sleep(86_400)
-                }
+        // Daily upkeep: expired duplicate records, spool files of deliveries that died.
+        let db = delivery.duplicates
+        let expiry = config.duplicateExpire
+        let store = delivery.store
+        startThread {
+            while true {
+                if let db, let n = try? db.prune(olderThan: expiry), n > 0 { Log.info("duplicate database: pruned \(n) expired records") }
+                if let n = try? store.cleanSpool(), n > 0 { Log.info("spool: removed \(n) files left by interrupted deliveries") }
+                sleep(86_400)
             }
         }
         finished.wait()

@@ -11,6 +11,11 @@
 // A recipient is `[<]local[+detail][@domain][>]`; the local part may be quoted. Local part and
 // domain are lowercased when `lmtp_downcase_rcpt` is set; the detail never is.
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import NestboxSupport
 
 public struct Recipient: Equatable, Sendable {
@@ -38,6 +43,22 @@ public struct MailStore: Sendable {
         try makeParents(root)
         try Files.makeDirectory("\(root)/.nestbox")
         try Files.makeDirectory(spoolDirectory)
+    }
+
+    /// Removes spool files left by a process that died mid-delivery: older than 36 hours by
+    /// ctime, Maildir's rule for tmp/ (a live delivery never takes that long). Returns how many.
+    @discardableResult
+    public func cleanSpool(olderThan age: Double = 36 * 3600) throws -> Int {
+        var removed = 0
+        for name in try Files.list(spoolDirectory) ?? [] {
+            let path = "\(spoolDirectory)/\(name)"
+            guard let st = try Files.status(path), (st.st_mode & S_IFMT) == S_IFREG else { continue }
+            if wallSeconds() - Double(st.st_ctim.tv_sec) > age {
+                Files.removeQuietly(path)
+                removed += 1
+            }
+        }
+        return removed
     }
 
     private func makeParents(_ path: String) throws {
