@@ -336,7 +336,9 @@ public final class LMTPSession {
         if recipients.count == 1 { received += "\n\tfor <\(Names.printable(recipients[0].address))>" }
         received += "; \(Delivery.rfc5322Date())"
         do {
-            spool = try SpoolWriter(spoolDirectory: delivery.store.spoolDirectory, host: delivery.config.serverName,
+            // One recipient: spool in its folder's tmp/ and rename into new/; several: link from the spool.
+            let directory = recipients.count == 1 ? "\(recipients[0].target.folder.path)/tmp" : delivery.store.spoolDirectory
+            spool = try SpoolWriter(spoolDirectory: directory, host: delivery.config.serverName,
                                     returnPath: sender, received: received, maxSize: limits.maxMessageSize,
                                     headerLimit: limits.headerLimit)
         } catch {

@@ -135,28 +135,13 @@ public struct Delivery: Sendable {
         do {
             if !ignoreQuota, let refusal = try quotaRefusal(target, incomingSize: message.size) { throw refusal }
             let folder = target.folder
-            let final = try link(message, into: folder)
-            // The UID: appended under the lock, made durable after it is released, so the lock
-            // is held for microseconds and concurrent sessions share one journal commit.
-            var recorded = false
+            let base = MaildirName.newBase(host: config.serverName)
+            let final = MaildirName.stem(base: base, size: message.size, virtualSize: message.virtualSize)
+            // Before the rename: a crash after it finds the record, and the file it names.
+            if let db = duplicates, let key = duplicateKey { db.recordPending(key, messagePath: "\(folder.path)/new/\(final)") }
+            try link(message, into: folder, base: base, stem: final)
             do {
-                try StripedLocks.with(folder.path) {
-                    let lock = try folder.uidList.lock()
-                    defer { lock.release() }
-                    result.uid = try folder.uidList.appendLocked([final], sync: false).first
-                }
-                recorded = true
-            } catch {
-                Log.warning("\(target.label): no UID recorded yet (Dovecot assigns one when it next looks): \(error)")
-            }
-            // Durability, in this order: the uidlist's fdatasync commits the file system's
-            // journal with the rename in it, so the directory fsync after it has (on ext4)
-            // nothing left to wait for: two journal commits a message, spool and this.
-            if recorded {
-                do { try folder.uidList.sync() } catch { Log.warning("\(target.label): \(error)") }
-            }
-            do {
-                try Files.fsyncDirectory("\(folder.path)/new")
+                result.uid = try GroupCommit.shared.commit(final, in: folder, label: target.label)
             } catch {
                 Files.removeQuietly("\(folder.path)/new/\(final)")
                 throw error
@@ -187,12 +172,15 @@ public struct Delivery: Sendable {
         return NestboxFailure(row, "over quota: \(state.usage.bytes) bytes, \(state.usage.messages) messages of \(state.limits.line)")
     }
 
-    /// tmp/ -> new/; returns the stem written (the caller fsyncs new/). Removes what it made on failure.
-    func link(_ message: SpooledMessage, into folder: Folder) throws -> String {
-        let base = MaildirName.newBase(host: config.serverName)
-        let stem = MaildirName.stem(base: base, size: message.size, virtualSize: message.virtualSize)
+    /// tmp/ -> new/<stem> (the caller fsyncs new/). Removes what it made on failure. A message spooled in this very folder's tmp/ (one recipient) is renamed, not linked.
+    func link(_ message: SpooledMessage, into folder: Folder, base: String, stem: String) throws {
         let tmp = "\(folder.path)/tmp/\(base)"
         let new = "\(folder.path)/new/\(stem)"
+        if message.isSpooled && Files.directoryName(message.path) == "\(folder.path)/tmp" {
+            try Files.rename(message.path, new)
+            message.consumed()
+            return
+        }
         if Glibc.link(message.path, tmp) != 0 {
             let code = errno
             guard code == EXDEV || code == EPERM || code == EMLINK else { throw NestboxFailure.system("link \(message.path) to", tmp, errno: code) }
@@ -204,7 +192,6 @@ public struct Delivery: Sendable {
             Files.removeQuietly(tmp)
             throw error
         }
-        return stem
     }
 
     private func copy(_ from: String, to: String) throws {

@@ -13,9 +13,12 @@
 // Concurrent processes need no lock: a record is one small write, and a half-written one
 // never matches a key.
 //
-// Crash safety: the record is written after the message is safely in the mailbox and is not
-// fsynced. A crash in between can only forget a delivery (a later retry is then stored twice);
-// it can never lose a message.
+// Crash safety: right after the message is renamed into new/, a pending record names its file;
+// after the syncs the record becomes final. A pending record suppresses a retry only while the
+// file it names exists, so a crash between the rename and the acknowledgement neither loses the
+// message (the file is gone: the retry is stored) nor stores it twice (the file is there: the
+// retry is suppressed). Records are not fsynced: a record lost in a power cut can only let a
+// later retry be stored twice, never lose a message.
 
 #if canImport(Glibc)
 import Glibc
@@ -50,38 +53,67 @@ public struct DuplicateDB: Sendable {
         return ("\(directory)/\(h.prefix(2))", h)
     }
 
-    /// Whether `key` was delivered within the expiry.
+    /// Whether `key` was delivered within the expiry. A pending record (written between the
+    /// message's rename and its syncs) counts only if the message file it names exists.
     public func contains(_ key: [UInt8]) -> Bool {
         let (dir, base) = candidates(key)
         for n in 0..<16 {
             let path = n == 0 ? "\(dir)/\(base)" : "\(dir)/\(base).\(n)"
             guard let st = try? Files.status(path) else { return false }
             guard let stored = try? Files.read(path, limit: 8192) else { continue }
-            if stored == key { return wallSeconds() - Double(st.st_mtim.tv_sec) <= expiry }
+            guard wallSeconds() - Double(st.st_mtim.tv_sec) <= expiry else {
+                if stored.starts(with: key) { return false }
+                continue
+            }
+            if stored == key { return true }
+            let marker = key + DuplicateDB.pendingMarker
+            if stored.count > marker.count && stored.starts(with: marker) {
+                return DuplicateDB.messageExists(String(decoding: stored[marker.count...], as: UTF8.self))
+            }
         }
         return false
     }
 
+    static let pendingMarker: [UInt8] = [0, UInt8(ascii: "P"), 0]
+
+    /// Whether the message `<folder>/new/<stem>` is still there, in new/ or (flags set) in cur/.
+    static func messageExists(_ path: String) -> Bool {
+        if Files.exists(path) { return true }
+        let folder = Files.directoryName(Files.directoryName(path))
+        let stem = Files.baseName(path)
+        guard let names = try? Files.list("\(folder)/cur") else { return false }
+        return names.contains { $0 == stem || $0.hasPrefix(stem + ":") }
+    }
+
+    /// Records `key` as pending: the message is at `messagePath` but not yet durable. A crash
+    /// before `record` leaves a pending record that suppresses a retry only if the file exists.
+    public func recordPending(_ key: [UInt8], messagePath: String) {
+        store(key, content: key + DuplicateDB.pendingMarker + Array(messagePath.utf8))
+    }
+
     /// Remembers `key` (refreshing the time of an existing record). Failures are only logged.
     public func record(_ key: [UInt8]) {
+        store(key, content: key)
+    }
+
+    private func store(_ key: [UInt8], content: [UInt8]) {
         do {
             try Files.ensureDirectory(directory)
             let (dir, base) = candidates(key)
             try Files.ensureDirectory(dir)
+            let marker = key + DuplicateDB.pendingMarker
             for n in 0..<16 {
                 let path = n == 0 ? "\(dir)/\(base)" : "\(dir)/\(base).\(n)"
                 if let stored = try Files.read(path, limit: 8192) {
-                    if stored == key {
-                        _ = utimes(path, nil)
-                        return
-                    }
-                    if let st = try Files.status(path), wallSeconds() - Double(st.st_mtim.tv_sec) > expiry {
-                        try write(key, to: path)  // an expired record's slot is free
+                    let ours = stored == key || stored.starts(with: marker)
+                    let expired = (try Files.status(path)).map { wallSeconds() - Double($0.st_mtim.tv_sec) > expiry } ?? true
+                    if ours || expired {
+                        try write(content, to: path)
                         return
                     }
                     continue
                 }
-                try write(key, to: path)
+                try write(content, to: path)
                 return
             }
             Log.warning("duplicate database: 16 colliding records for one hash in \(dir)")
@@ -92,11 +124,11 @@ public struct DuplicateDB: Sendable {
 
     /// Writes the record in place: a reader that sees it half-written compares unequal and
     /// treats the message as new, which is the safe side.
-    private func write(_ key: [UInt8], to path: String) throws {
+    private func write(_ content: [UInt8], to path: String) throws {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, Files.fileMode)
         if fd < 0 { throw NestboxFailure.system("create", path) }
         defer { close(fd) }
-        try Files.writeAll(fd, key, path: path)
+        try Files.writeAll(fd, content, path: path)
     }
 
     /// Removes records older than `age` seconds; returns how many.

@@ -1,5 +1,6 @@
-// The spool: an incoming message is written once, in a stream, to a file below the mail root
-// (`.nestbox/spool/`), and every recipient's copy is a hard link to it (a copy when the folder
+// The spool: an incoming message is written once, in a stream, to one file: in the folder's
+// tmp/ when there is one recipient (the file is then renamed into new/), else below the mail
+// root (`.nestbox/spool/`) with every recipient's copy a hard link to it (a copy when the folder
 // lives on another file system). On the way in:
 // - `Return-Path: <sender>` and a `Received:` line are put first; any Return-Path the message
 //   already has is dropped (with its continuation lines); a leading mbox `From ` line is dropped;
@@ -19,16 +20,32 @@ import Musl
 #endif
 import NestboxSupport
 
-public struct SpooledMessage: Sendable {
-    public let path: String
+public final class SpooledMessage: @unchecked Sendable {
+    public private(set) var path: String
     public let size: Int64
     public let virtualSize: Int64
     public let messageID: String?
     /// The Date header's value (for the duplicate key), nil when there is none.
     public let date: String?
+    /// False once the spool file itself became a recipient's message (renamed into new/).
+    public private(set) var isSpooled = true
+
+    init(path: String, size: Int64, virtualSize: Int64, messageID: String?, date: String?) {
+        self.path = path
+        self.size = size
+        self.virtualSize = virtualSize
+        self.messageID = messageID
+        self.date = date
+    }
+
+    /// The spool file was renamed into a mailbox: nothing left to remove.
+    func consumed() { isSpooled = false }
 
     /// Removes the spool file (every recipient has its own link by then).
-    public func remove() { Files.removeQuietly(path) }
+    public func remove() {
+        if isSpooled { Files.removeQuietly(path) }
+        isSpooled = false
+    }
 }
 
 public final class SpoolWriter {
@@ -65,9 +82,14 @@ public final class SpoolWriter {
     /// Creates the spool file and writes the trace headers.
     public init(spoolDirectory: String, host: String, returnPath: String?, received: String,
                 maxSize: Int64 = 0, headerLimit: Int = SpoolWriter.defaultHeaderLimit) throws {
-        try Files.ensureDirectory(spoolDirectory)
         path = "\(spoolDirectory)/\(MaildirName.newBase(host: host))"
-        fd = try Files.createExclusive(path)
+        do {
+            fd = try Files.createExclusive(path)
+        } catch {
+            guard !Files.isDirectory(spoolDirectory) else { throw error }
+            try Files.makeDirectory(spoolDirectory)
+            fd = try Files.createExclusive(path)
+        }
         self.maxSize = maxSize
         self.headerLimit = headerLimit
         replaceReturnPath = returnPath != nil

@@ -1,8 +1,8 @@
 // Dotlocks as Dovecot takes them (lib/file-dotlock.c), so that Nestbox and Dovecot exclude each
 // other on `dovecot-uidlist.lock`, `dovecot-keywords` and friends.
 //
-// - The lock is the file `<path>.lock`, created with O_CREAT|O_EXCL; its content is
-//   `<pid>:<hostname>` with no newline.
+// - The lock is the file `<path>.lock`, content `<pid>:<hostname>` with no newline, written to
+//   `.temp.<host>.<pid>.<n>` beside it and hard-linked into place, so a lock is never empty.
 // - A lock is stale, and may be removed, when it names this host and a process that no longer
 //   exists, or when neither the lock nor any of the files it protects has changed for
 //   `staleAfter` seconds (120: a live holder touches the lock every 10 s during long work).
@@ -44,21 +44,24 @@ public final class DotLock {
     /// changes count as the holder's activity (e.g. the uidlist itself).
     public static func acquire(_ lockPath: String, watching watched: [String] = [], options: Options = Options()) throws -> DotLock {
         let content = Array("\(getpid()):\(Host.name)".utf8)
+        // The content goes into a temporary file first, which is then hard-linked to the lock
+        // name (as Dovecot does): a lock is never seen empty, even if we die in between.
+        let temporary = "\(Files.directoryName(lockPath))/.temp.\(Host.name).\(getpid()).\(UniqueCounter.next())"
+        let tfd = try Files.createExclusive(temporary)
+        do {
+            try Files.writeAll(tfd, content, path: temporary)
+            try Files.close(tfd, path: temporary)
+        } catch {
+            Files.removeQuietly(temporary)
+            throw error
+        }
+        defer { Files.removeQuietly(temporary) }
         let start = monotonicSeconds()
         var pause: UInt32 = 100  // microseconds; grows to 4 ms, with jitter so waiters spread out
         while true {
-            let fd = open(lockPath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-            if fd >= 0 {
-                do {
-                    try Files.writeAll(fd, content, path: lockPath)
-                } catch {
-                    Glibc.close(fd)
-                    Files.removeQuietly(lockPath)
-                    throw error
-                }
+            if link(temporary, lockPath) == 0 {
                 var st = stat()
-                fstat(fd, &st)
-                Glibc.close(fd)
+                lstat(lockPath, &st)
                 return DotLock(path: lockPath, inode: st.st_ino)
             }
             if errno != EEXIST { throw NestboxFailure.system("create lock", lockPath) }

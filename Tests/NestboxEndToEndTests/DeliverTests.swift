@@ -14,7 +14,9 @@ final class DeliverFixture {
     init(_ label: String = "deliver", settings extra: [String: String] = [:]) throws {
         dir = try Harness.makeTempDir(label)
         root = "\(dir)/mail"
-        settings = ["partition-default": root, "mail_owner": Harness.mailOwner]
+        // These tests send the same message again and again on purpose: duplicate suppression
+        // is off unless a test turns it on (DeliverTests.testDuplicateSuppression does).
+        settings = ["partition-default": root, "mail_owner": Harness.mailOwner, "duplicatesuppression": "no"]
         for (k, v) in extra { settings[k] = v }
         configPath = try Harness.writeConfig(in: dir, settings)
     }
@@ -196,6 +198,33 @@ final class DeliverTests: XCTestCase {
         XCTAssertEqual(Harness.files(under: "\(f.root)/alice/new").count, 1)
         XCTAssertEqual(Harness.files(under: "\(f.root)/other.example/alice/new").count, 1)
         XCTAssertEqual(try f.deliver(["alice@../etc"], sampleMessage).status, 67)
+    }
+
+    func testDuplicateSuppression() throws {
+        let f = try DeliverFixture(settings: ["duplicatesuppression": "yes"])
+        try f.makeUser("alice")
+        let withDate = "Message-ID: <d1@example.org>\nDate: Thu, 26 Nov 2026 10:00:00 +0000\nSubject: a\n\nbody\n"
+        let noDate = "Message-ID: <d2@example.org>\nSubject: b\n\nbody\n"
+        for msg in [withDate, withDate, noDate, noDate] {
+            XCTAssertEqual(try f.deliver(["-r", "s@example.org", "alice"], msg).status, 0)
+        }
+        let r = try f.deliver(["alice"], noDate)
+        XCTAssertTrue(r.stderr.contains("status=sent (duplicate suppressed)"), r.stderr)
+        XCTAssertEqual(try f.messages("alice").count, 2, "each message once, also without a Date header")
+        // Another Date is another message; another mailbox is another delivery.
+        XCTAssertEqual(try f.deliver(["alice"], withDate.replacingOccurrences(of: "10:00:00", with: "11:00:00")).status, 0)
+        try f.makeUser("bob")
+        XCTAssertEqual(try f.deliver(["bob"], withDate).status, 0)
+        XCTAssertEqual(try f.messages("alice").count, 3)
+        XCTAssertEqual(try f.messages("bob").count, 1)
+        // A message whose file is gone while its record is only pending is delivered again.
+        let db = DuplicateDB(directory: "\(f.root)/.nestbox/duplicates", expiry: 3600)
+        let key = DuplicateDB.key(messageID: "<d3@example.org>", date: nil, mailbox: "alice")!
+        db.recordPending(key, messagePath: "\(f.root)/alice/new/gone,S=1,W=1")
+        try Harness.chownTreeToMailOwner(f.root)
+        XCTAssertFalse(db.contains(key))
+        XCTAssertEqual(try f.deliver(["alice"], "Message-ID: <d3@example.org>\n\nx\n").status, 0)
+        XCTAssertEqual(try f.messages("alice").count, 4)
     }
 
     func testDotsInUserNames() throws {

@@ -16,7 +16,7 @@ final class ExitStatusTests: XCTestCase {
 
     func testRow64Usage() throws {
         let f = try DeliverFixture()
-        for args in [["-x", "alice"], [], ["-r"], ["-l"]] {
+        for args in [["-x", "alice"], [], ["-r"], ["-C"]] {
             let r = try f.deliver(args, sampleMessage)
             XCTAssertEqual(r.status, 64, "\(args)")
             XCTAssertTrue(r.stdout.hasPrefix("4.3.5 "), "\(args): \(r.stdout)")
