@@ -71,18 +71,19 @@ public struct MaildirSize: Equatable, Sendable {
 
     public static let fileName = "maildirsize"
 
-    /// nil when line 1 is not a limits line.
+    /// nil when line 1 is not a limits line. Parsed from the bytes (it runs on every delivery).
     public static func parse(_ bytes: [UInt8]) -> MaildirSize? {
-        let text = String(decoding: bytes, as: UTF8.self)
-        let lines = text.textLines()
-        guard let first = lines.first, let limits = QuotaLimits.parse(first) else { return nil }
+        var lines = bytes.split(separator: 10, omittingEmptySubsequences: false)
+        if lines.last?.isEmpty == true { lines.removeLast() }
+        guard let first = lines.first else { return nil }
+        var firstLine = first
+        if firstLine.last == 13 { firstLine = firstLine.dropLast() }
+        guard let limits = QuotaLimits.parse(Substring(String(decoding: firstLine, as: UTF8.self))) else { return nil }
         var usage = QuotaUsage()
         var count = 0
         var damaged = false
-        for (i, line) in lines.dropFirst().enumerated() {
-            if line.isEmpty && i == lines.count - 2 { continue }  // the final newline
-            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            guard fields.count == 2, let b = Int64(fields[0]), let c = Int64(fields[1]) else {
+        for line in lines.dropFirst() {
+            guard let (b, c) = parseDelta(line) else {
                 damaged = true
                 continue
             }
@@ -91,6 +92,32 @@ public struct MaildirSize: Equatable, Sendable {
             count += 1
         }
         return MaildirSize(limits: limits, usage: usage, dataLines: count, damaged: damaged)
+    }
+
+    /// `<bytes> <count>` with any white space, each possibly negative.
+    static func parseDelta(_ line: ArraySlice<UInt8>) -> (Int64, Int64)? {
+        var numbers: [Int64] = []
+        var i = line.startIndex
+        func isSpace(_ b: UInt8) -> Bool { b == 32 || b == 9 || b == 13 }
+        while i < line.endIndex {
+            while i < line.endIndex && isSpace(line[i]) { i += 1 }
+            if i == line.endIndex { break }
+            var negative = false
+            if line[i] == UInt8(ascii: "-") { negative = true; i += 1 }
+            var value: Int64 = 0
+            var digits = 0
+            while i < line.endIndex, line[i] >= 48, line[i] <= 57 {
+                let (m, o1) = value.multipliedReportingOverflow(by: 10)
+                let (a, o2) = m.addingReportingOverflow(Int64(line[i] - 48))
+                if o1 || o2 { return nil }
+                value = a
+                digits += 1
+                i += 1
+            }
+            if digits == 0 || (i < line.endIndex && !isSpace(line[i])) { return nil }
+            numbers.append(negative ? -value : value)
+        }
+        return numbers.count == 2 ? (numbers[0], numbers[1]) : nil
     }
 
     /// Over quota already (non-strict), or would be with `incoming` added (strict).

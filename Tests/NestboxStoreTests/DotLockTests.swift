@@ -98,6 +98,17 @@ final class DotLockTests: TempDirTestCase {
         XCTAssertTrue(TestFS.exists(lockPath))
     }
 
+    func testEmptyLockOlderThanTwoSecondsIsStale() throws {
+        // Its creator died between O_EXCL and writing pid:host; a live creator writes at once.
+        TestFS.write(lockPath, "")
+        TestFS.age(lockPath, by: 5)
+        let start = monotonicSeconds()
+        let lock = try DotLock.acquire(lockPath, options: DotLock.Options(timeout: 5))
+        XCTAssertLessThan(monotonicSeconds() - start, 1.0)
+        XCTAssertEqual(TestFS.readText(lockPath), ourContent)
+        lock.release()
+    }
+
     func testLockOlderThanStaleAfterIsOverridden() throws {
         // Held by a live process (this one) on this host, but untouched for 200 s.
         TestFS.write(lockPath, ourContent)
