@@ -9,7 +9,7 @@ set -eu
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 find_swift
-apt_install postfix dovecot-core dovecot-imapd swaks groff-base python3
+apt_install postfix dovecot-core dovecot-imapd swaks groff-base python3 time
 ensure_vmail
 swift build --build-tests
 swift test --skip-build "$@"

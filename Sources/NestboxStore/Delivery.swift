@@ -124,6 +124,7 @@ public struct Delivery: Sendable {
     // MARK: Storing
 
     /// Delivers the spooled message into one target. Never throws: the outcome says it all.
+    /// `ignoreQuota` skips the quota check (-q, IGNOREQUOTA).
     public func store(_ message: SpooledMessage, into target: DeliveryTarget, ignoreQuota: Bool) -> RecipientResult {
         var result = RecipientResult(recipient: target.recipient, outcome: .delivered, mailbox: target.label, uid: nil, detail: "delivered")
         let duplicateKey = duplicates == nil ? nil

@@ -66,18 +66,18 @@ public final class GroupCommit: @unchecked Sendable {
     /// syncs. The uidlist's fdatasync goes first: it commits the file system's journal with the
     /// renames in it, so the fsync of new/ after it has (on ext4) nothing left to wait for.
     static func commitRound(_ round: [Ticket], folder: Folder, label: String) {
-        var recorded = false
+        var listFD: Int32 = -1
         do {
             let lock = try folder.uidList.lock()
             defer { lock.release() }
-            let uids = try folder.uidList.appendLocked(round.map { $0.stem }, sync: false)
+            let uids = try folder.uidList.appendLocked(round.map { $0.stem }, keepOpen: { listFD = $0 })
             for (t, uid) in zip(round, uids) { t.uid = uid }
-            recorded = true
         } catch {
             Log.warning("\(label): no UID recorded yet (Dovecot assigns one when it next looks): \(error)")
         }
-        if recorded {
-            do { try folder.uidList.sync() } catch { Log.warning("\(label): \(error)") }
+        if listFD >= 0 {
+            do { try Files.fdatasync(listFD, path: folder.uidList.path) } catch { Log.warning("\(label): \(error)") }
+            close(listFD)
         }
         do {
             try Files.fsyncDirectory("\(folder.path)/new")

@@ -216,10 +216,11 @@ public struct UIDListFile: Sendable {
 
     /// Gives `stems` the next UIDs, in order, appending them to the list. The caller holds the
     /// lock (`lock()`). Creates the list with a fresh UIDVALIDITY if there is none.
-    /// With `sync: false` the new lines are written but not fdatasynced: call `sync()` after
-    /// releasing the lock.
-    public func appendLocked(_ stems: [String], sync: Bool = true) throws -> [UInt32] {
+    /// With `keepOpen`, the new lines are written but not fdatasynced, and the list's descriptor
+    /// is handed to `keepOpen` for the caller to fdatasync after releasing the lock.
+    public func appendLocked(_ stems: [String], keepOpen: ((Int32) -> Void)? = nil) throws -> [UInt32] {
         guard !stems.isEmpty else { return [] }
+        let sync = keepOpen == nil
         let fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
         if fd < 0 {
             guard errno == ENOENT else { throw NestboxFailure.system("open", path) }
@@ -230,7 +231,8 @@ public struct UIDListFile: Sendable {
             try Files.replace(path, with: list.serialized())
             return uids
         }
-        defer { close(fd) }
+        var handedOver = false
+        defer { if !handedOver { close(fd) } }
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw NestboxFailure.system("fstat", path) }
         let size = Int(st.st_size)
@@ -256,6 +258,10 @@ public struct UIDListFile: Sendable {
         } catch {
             _ = ftruncate(fd, off_t(size))  // never leave a torn record behind
             throw error
+        }
+        if let keepOpen {
+            handedOver = true
+            keepOpen(fd)
         }
         return uids
     }

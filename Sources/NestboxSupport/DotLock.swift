@@ -34,9 +34,14 @@ public final class DotLock {
         }
     }
 
-    private init(path: String, inode: ino_t) {
+    /// The lock's mtime when we made it: with the inode, what tells our lock from another one
+    /// made later (an inode number alone can be reused at once).
+    private let made: timespec
+
+    private init(path: String, inode: ino_t, made: timespec = timespec()) {
         self.path = path
         self.inode = inode
+        self.made = made
     }
 
     deinit { release() }
@@ -64,7 +69,7 @@ public final class DotLock {
                 var st = stat()
                 fstat(fd, &st)
                 Glibc.close(fd)
-                return DotLock(path: lockPath, inode: st.st_ino)
+                return DotLock(path: lockPath, inode: st.st_ino, made: st.st_mtim)
             }
             if errno != EEXIST { throw NestboxFailure.system("create lock", lockPath) }
             if removeIfStale(lockPath, watched: watched, staleAfter: options.staleAfter) { continue }
@@ -81,17 +86,23 @@ public final class DotLock {
     public func touch() {
         guard held else { return }
         _ = utimes(path, nil)
+        touched = true
     }
+
+    private var touched = false
 
     /// Removes the lock if it is still ours. Safe to call twice.
     public func release() {
         guard held else { return }
         held = false
-        // Same inode and still our pid:host inside: an inode number alone can be reused by a
-        // lock someone else created after ours was judged stale and removed.
+        // Same inode and the mtime we made it with (or, after touch(), still our pid:host
+        // inside): an inode number alone can be reused by a lock someone else created after
+        // ours was judged stale and removed.
         var st = stat()
         guard lstat(path, &st) == 0, st.st_ino == inode else { return }
-        if let content = try? Files.read(path, limit: 300), content == Array("\(getpid()):\(Host.name)".utf8) {
+        if !touched && st.st_mtim.tv_sec == made.tv_sec && st.st_mtim.tv_nsec == made.tv_nsec {
+            unlink(path)
+        } else if let content = try? Files.read(path, limit: 300), content == Array("\(getpid()):\(Host.name)".utf8) {
             unlink(path)
         }
     }

@@ -163,29 +163,3 @@ enum Harness {
     }
 }
 
-extension Harness {
-    /// Runs `path` with stdin from `inputFile` and returns (exit status, peak RSS in KiB, stdout),
-    /// using posix_spawn + wait4 so the peak RSS is the child's own.
-    static func runMeasuringRSS(_ path: String, _ arguments: [String], inputFile: String) throws -> (status: Int32, maxRSSKiB: Int, stdout: String) {
-        var actions: posix_spawn_file_actions_t = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        let outPath = "/tmp/nestbox-rss-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).out"
-        posix_spawn_file_actions_addopen(&actions, 0, inputFile, O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        _ = ignoreSigpipe
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, path, &actions, nil, argv, environ)
-        guard rc == 0 else { throw POSIXError(POSIXErrorCode(rawValue: rc) ?? .EIO) }
-        var status: Int32 = 0
-        var usage = rusage()
-        while wait4(pid, &status, 0, &usage) < 0 && errno == EINTR {}
-        let out = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
-        unlink(outPath)
-        let exitStatus: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return (exitStatus, Int(usage.ru_maxrss), out)
-    }
-}

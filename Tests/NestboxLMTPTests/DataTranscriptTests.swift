@@ -270,7 +270,8 @@ final class DataTranscriptTests: LMTPTestCase {
         transcript([.send(envelope + bytes(half), envelopeReplies),
                     .check { env, session in
                         XCTAssertTrue(session.inTransaction)
-                        XCTAssertEqual(env.spoolFiles.count, 1, "the message streams into the spool")
+                        // One recipient: the message streams into its folder's tmp/.
+                        XCTAssertEqual(try env.tmpFiles("bob").count, 1, "the message streams into tmp/")
                     },
                     .lose,
                     .check { env, session in
@@ -293,8 +294,9 @@ final class DataTranscriptTests: LMTPTestCase {
         let half = "Subject: big half\r\n\r\n" + String(repeating: line, count: 200)
         transcript([.send(envelope + bytes(half), envelopeReplies),
                     .check { env, _ in
-                        XCTAssertEqual(env.spoolFiles.count, 1)
-                        let size = FS.size("\(env.spoolDirectory)/\(env.spoolFiles[0])") ?? 0
+                        let tmp = try env.tmpFiles("bob")
+                        XCTAssertEqual(tmp.count, 1)
+                        let size = tmp.first.flatMap { FS.size("\(env.root)/bob/tmp/\($0)") } ?? 0
                         XCTAssertGreaterThan(size, 65536)
                     },
                     .lose],

@@ -144,7 +144,18 @@ final class MailEnv {
     func remove() { FS.removeTree(dir) }
 
     var spoolDirectory: String { store.spoolDirectory }
-    var spoolFiles: [String] { FS.list(spoolDirectory) }
+    /// Messages being received: the spool directory (several recipients) and the tmp/ of
+    /// every user's folders (one recipient spools in its folder's tmp/).
+    var spoolFiles: [String] {
+        var files = FS.list(spoolDirectory)
+        for user in FS.list(root) where !user.hasPrefix(".") {
+            let userRoot = "\(root)/\(user)"
+            for folder in [userRoot] + FS.list(userRoot).filter({ $0.hasPrefix(".") }).map({ "\(userRoot)/\($0)" }) {
+                files += FS.list("\(folder)/tmp").map { "\(folder)/tmp/\($0)" }
+            }
+        }
+        return files
+    }
 
     /// Creates a user's INBOX (and folders) through the store; returns the user's root.
     @discardableResult
