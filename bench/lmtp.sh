@@ -7,7 +7,7 @@
 #   bench/lmtp.sh [--install] [--big] [--rounds N] [--dup] [--keep]
 #
 #   --install   apt-get install the missing Debian packages (postfix for smtp-source,
-#               dovecot-core dovecot-lmtpd, cyrus-imapd cyrus-common); without it the script
+#               dovecot-core dovecot-lmtpd, cyrus-common); without it the script
 #               only names them and exits 69.
 #   --big       also run row 4: 1000 messages into a mailbox that already holds 100k (slow:
 #               several minutes more, mostly to build the three 100k mailboxes).
@@ -94,7 +94,8 @@ missing_packages() {
   [ -n "$SMTP_SOURCE" ] && [ -x "$SMTP_SOURCE" ] || m="$m postfix"
   command -v dovecot >/dev/null 2>&1 && command -v doveadm >/dev/null 2>&1 || m="$m dovecot-core"
   [ -x /usr/lib/dovecot/lmtp ] || m="$m dovecot-lmtpd"
-  [ -x $CYRUS_BIN/imapd ] || m="$m cyrus-imapd"
+  # cyrus-common has master and lmtpd; cyrus-imapd (the IMAP server) is not needed and
+  # conflicts with dovecot-imapd.
   for b in master lmtpd ctl_cyrusdb mbpath reconstruct; do
     [ -x $CYRUS_BIN/$b ] || { m="$m cyrus-common"; break; }
   done
