@@ -266,13 +266,6 @@ public struct UIDListFile: Sendable {
         return uids
     }
 
-    /// fdatasync of the list (after an unsynced append).
-    public func sync() throws {
-        guard let fd = try Files.openForReading(path) else { return }
-        defer { close(fd) }
-        try Files.fdatasync(fd, path: path)
-    }
-
     /// Header and last UID from the first and the last few KiB; nil when the file does not end
     /// with a complete record line.
     private func readEnds(_ fd: Int32, size: Int) throws -> (UIDList.Header, UInt32)? {

@@ -156,23 +156,3 @@ public func wallSeconds() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
-/// In-process exclusion before a dotlock: threads of one process (nestbox-lmtpd's sessions)
-/// wait on a mutex instead of polling the lock file. 256 stripes keyed by path hash: memory
-/// stays bounded however many folders a long-running server touches.
-public enum StripedLocks {
-    private static let stripes: UnsafeMutablePointer<pthread_mutex_t> = {
-        let p = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 256)
-        for i in 0..<256 { pthread_mutex_init(p + i, nil) }
-        return p
-    }()
-
-    public static func with<T>(_ key: String, _ body: () throws -> T) rethrows -> T {
-        var h: UInt32 = 2166136261
-        for b in key.utf8 { h = (h ^ UInt32(b)) &* 16777619 }
-        let m = stripes + Int(h & 255)
-        pthread_mutex_lock(m)
-        defer { pthread_mutex_unlock(m) }
-        return try body()
-    }
-}
-

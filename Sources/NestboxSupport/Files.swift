@@ -117,7 +117,11 @@ public enum Files {
         guard let fd = try openForReading(path) else { return nil }
         defer { Glibc.close(fd) }
         var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
+        // Sized from the file: this runs several times a delivery on small files (maildirsize,
+        // duplicate records), where a fixed 64 KiB buffer would be allocated and zeroed each time.
+        var st = stat()
+        let size = fstat(fd, &st) == 0 ? Int(st.st_size) : 65536
+        var chunk = [UInt8](repeating: 0, count: min(65536, max(256, size + 1)))
         while true {
             let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
             if n < 0 {
