@@ -5,73 +5,37 @@ import Foundation
 import NestboxStore
 import XCTest
 
-/// Postfix -> lmtp(8) -> UNIX socket -> nestbox-lmtpd, end to end.
-///
-/// A private Postfix instance as in PostfixPipeTests (own config directory, queue, data
-/// directory and maillog file under a temporary directory; smtpd on a free loopback port;
-/// outbound mail discarded), whose main.cf takes its delivery settings from the sample
+/// Postfix -> lmtp(8) -> UNIX socket -> nestbox-lmtpd, end to end (PostfixTestCase: a private
+/// Postfix per test), whose main.cf takes its delivery settings from the sample
 /// postfix/main.cf.lmtp with the socket path /run/nestbox/lmtp replaced by the test's socket,
 /// so the sample is what is tested. nestbox-lmtpd runs from the build as root, binds its socket
-/// (0660, vmail, group postfix via lmtpsocket_group) and becomes vmail. Mail is submitted with
-/// swaks over SMTP and read back with doveadm. Needs root (as in CI), Postfix, swaks, doveadm.
-final class PostfixLMTPTests: XCTestCase {
-    static let sender = "s@example.org"
-    static let localDomain = "example.test"
-    static let virtualDomain = "virt.test"
+/// (0660, vmail, group postfix via lmtpsocket_group) and becomes vmail. Mail is read back with
+/// doveadm. Needs root (as in CI), Postfix, swaks, doveadm.
+final class PostfixLMTPTests: PostfixTestCase {
     static let sampleSocket = "/run/nestbox/lmtp"
-    static let deliveryTimeout: TimeInterval = 30
 
-    var base = ""
-    var configDir = ""
-    var queueDir = ""
-    var mailRoot = ""
-    var maillog = ""
     var socketPath = ""
     var nestboxConf = ""
-    var port = 0
-    var postfixStarted = false
     var server: LMTPDaemon!
+
+    override func extraDiagnostics() -> String {
+        server.map { "--- nestbox-lmtpd ---\n\($0.log)" } ?? ""
+    }
 
     // MARK: - setup and teardown
 
     override func setUpWithError() throws {
         try super.setUpWithError()
-        continueAfterFailure = false
-        guard Harness.isRoot else {
-            XCTFail("PostfixLMTPTests start a Postfix instance and nestbox-lmtpd and must run as root (as in CI)")
-            throw LMTPTestError("not root")
-        }
-        try Harness.ensureMailOwner()
-        for tool in ["/usr/sbin/postfix", "/usr/sbin/postconf", "/usr/bin/swaks", "/usr/bin/doveadm"] {
-            guard FileManager.default.isExecutableFile(atPath: tool) else {
-                XCTFail("\(tool) is missing: install postfix, swaks and dovecot-core (.ci/run does)")
-                throw LMTPTestError("missing \(tool)")
-            }
-        }
+        try preparePostfixInstance(label: "nbpflmtp", tools: ["/usr/bin/doveadm"])
         guard getgrnam("postfix") != nil else {
             XCTFail("no group postfix (is Postfix installed?)")
-            throw LMTPTestError("no postfix group")
+            throw failure("no postfix group")
         }
         guard FileManager.default.isExecutableFile(atPath: Harness.binary("nestbox-lmtpd")) else {
             XCTFail("built program not found: \(Harness.binary("nestbox-lmtpd"))")
-            throw LMTPTestError("no binary")
+            throw failure("no binary")
         }
-
-        base = try Harness.makeTempDir("nbpflmtp")
-        chown(base, 0, 0)
-        chmod(base, 0o755)
-        configDir = "\(base)/etc"
-        queueDir = "\(base)/spool"
-        mailRoot = "\(base)/mail"
-        maillog = "\(base)/maillog"
         socketPath = "\(base)/run/lmtp"
-        for dir in [configDir, queueDir, mailRoot] {
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false,
-                                                    attributes: [.posixPermissions: 0o755])
-        }
-        chmod(mailRoot, 0o700)
-        try Harness.chownToMailOwner(mailRoot)
-
         nestboxConf = try Harness.writeConfig(in: base, [
             "partition-default": mailRoot,
             "mail_owner": Harness.mailOwner,
@@ -87,9 +51,17 @@ final class PostfixLMTPTests: XCTestCase {
         server = LMTPDaemon(configPath: nestboxConf, logPath: "\(base)/lmtpd.log", socketPath: socketPath, port: nil)
         try server.start()
 
-        port = try Net.freeLoopbackPort()
-        try writeMainCf()
-        try writeMasterCf()
+        let samplePath = "\(Harness.packageRoot)/postfix/main.cf.lmtp"
+        let sample = try Self.sampleSettings(samplePath)
+        let transport = "lmtp:unix:\(Self.sampleSocket)"
+        XCTAssertTrue(sample.contains { $0 == ("mailbox_transport", transport) }, "\(samplePath): mailbox_transport = \(transport)")
+        XCTAssertTrue(sample.contains { $0 == ("virtual_transport", transport) }, "\(samplePath): virtual_transport = \(transport)")
+        XCTAssertTrue(sample.contains { $0.0 == "lmtp_destination_recipient_limit" }, "\(samplePath): lmtp_destination_recipient_limit")
+        XCTAssertTrue(Harness.read(samplePath).contains("lmtpsocket_group: postfix"), "\(samplePath): socket permission notes")
+        // The sample with the test's socket.
+        let adapted = sample.map { ($0.0, $0.1.replacingOccurrences(of: Self.sampleSocket, with: socketPath)) }
+        try writeMainCf(sample: adapted, header: "written by PostfixLMTPTests from postfix/main.cf.lmtp")
+        try writeMasterCf(header: "written by PostfixLMTPTests: a stock master.cf (lmtp included), smtpd on loopback")
         try startPostfix()
     }
 
@@ -97,7 +69,6 @@ final class PostfixLMTPTests: XCTestCase {
         stopPostfix()
         server?.stop()
         server = nil
-        if !base.isEmpty { Harness.removeTree(base) }
         super.tearDown()
     }
 
@@ -117,7 +88,7 @@ final class PostfixLMTPTests: XCTestCase {
     /// arrives; doveadm shows it with the UID nestbox-lmtpd logged, and the same body.
     func testKnownUserReceivesMessageThroughLMTP() throws {
         try makeMaildir("alice")
-        let token = PostfixPipeTests.token()
+        let token = Self.token()
         let body = "Hello Alice, \(token).\nSecond line.\n.a line that starts with a dot\n\nLast line."
         let rcpt = "alice@\(Self.localDomain)"
         let qid = try send(to: rcpt, subject: "lmtp \(token)", body: body)
@@ -155,7 +126,7 @@ final class PostfixLMTPTests: XCTestCase {
     func testUnknownUserBounces() throws {
         try makeMaildir("alice")
         let rcpt = "nobody-here@\(Self.localDomain)"
-        let qid = try send(to: rcpt, subject: "to nobody", body: "Nobody reads this. \(PostfixPipeTests.token())")
+        let qid = try send(to: rcpt, subject: "to nobody", body: "Nobody reads this. \(Self.token())")
         let line = try requireStatus(qid: qid, recipient: rcpt, "bounced", dsn: "5.1.1")
         XCTAssertTrue(line.contains("550 5.1.1 User unknown"), line)
         XCTAssertTrue(line.contains("RCPT TO"), "refused at RCPT: \(line)")
@@ -174,7 +145,7 @@ final class PostfixLMTPTests: XCTestCase {
             chmod("\(work)/\(name)", 0o600)
             try Harness.chownToMailOwner("\(work)/\(name)")
         }
-        let token = PostfixPipeTests.token()
+        let token = Self.token()
         let rcpt = "alice+Work@\(Self.localDomain)"
         let qid = try send(to: rcpt, subject: "work \(token)", body: "For the Work folder. \(token)")
         try requireStatus(qid: qid, recipient: rcpt, "sent", dsn: "2.0.0")
@@ -185,7 +156,7 @@ final class PostfixLMTPTests: XCTestCase {
     /// The sample's virtual_transport line: user@virtual-domain lands in the domain's area.
     func testVirtualDomainThroughVirtualTransport() throws {
         try makeMaildir("\(Self.virtualDomain)/dave")
-        let token = PostfixPipeTests.token()
+        let token = Self.token()
         let rcpt = "dave@\(Self.virtualDomain)"
         let qid = try send(to: rcpt, subject: "virtual \(token)", body: "For dave. \(token)")
         let line = try requireStatus(qid: qid, recipient: rcpt, "sent", dsn: "2.0.0")
@@ -199,7 +170,7 @@ final class PostfixLMTPTests: XCTestCase {
     func testSeveralVirtualRecipientsEachTheirOwnOutcome() throws {
         for u in ["alice", "bob"] { try makeMaildir("\(Self.virtualDomain)/\(u)") }
         try makeMaildir("\(Self.virtualDomain)/carol", maildirsize: "1000S\n5000 1\n")
-        let token = PostfixPipeTests.token()
+        let token = Self.token()
         let rcpts = ["alice", "bob", "carol"].map { "\($0)@\(Self.virtualDomain)" }
         let qid = try send(to: rcpts.joined(separator: ","), subject: "three \(token)", body: "For three. \(token)")
         try requireStatus(qid: qid, recipient: rcpts[0], "sent", dsn: "2.0.0")
@@ -213,215 +184,5 @@ final class PostfixLMTPTests: XCTestCase {
             .compactMap { $0.split(separator: " ").dropFirst().first }
         XCTAssertEqual(ids.count, 2)
         XCTAssertEqual(Set(ids).count, 1, "one LMTP transaction for both: \(ids)")
-    }
-
-    // MARK: - Postfix configuration from the sample
-
-    func writeMainCf() throws {
-        let samplePath = "\(Harness.packageRoot)/postfix/main.cf.lmtp"
-        let sample = try PostfixPipeTests.sampleSettings(samplePath)
-        let transport = "lmtp:unix:\(Self.sampleSocket)"
-        XCTAssertTrue(sample.contains { $0 == ("mailbox_transport", transport) }, "\(samplePath): mailbox_transport = \(transport)")
-        XCTAssertTrue(sample.contains { $0 == ("virtual_transport", transport) }, "\(samplePath): virtual_transport = \(transport)")
-        XCTAssertTrue(sample.contains { $0.0 == "lmtp_destination_recipient_limit" }, "\(samplePath): lmtp_destination_recipient_limit")
-        XCTAssertTrue(Harness.read(samplePath).contains("lmtpsocket_group: postfix"), "\(samplePath): socket permission notes")
-        // The sample with the test's socket.
-        let adapted = sample.map { ($0.0, $0.1.replacingOccurrences(of: Self.sampleSocket, with: socketPath)) }
-
-        let instance: [(String, String)] = [
-            ("compatibility_level", "3.6"),
-            ("queue_directory", queueDir),
-            ("data_directory", "\(base)/data"),
-            ("maillog_file", maillog),
-            ("maillog_file_prefixes", base),
-            ("inet_interfaces", "127.0.0.1"),
-            ("inet_protocols", "ipv4"),
-            ("myhostname", "mx.\(Self.localDomain)"),
-            ("mydomain", Self.localDomain),
-            ("myorigin", Self.localDomain),
-            ("mydestination", Self.localDomain),
-            ("mynetworks", "127.0.0.0/8"),
-            ("virtual_mailbox_domains", Self.virtualDomain),
-            ("relay_domains", ""),
-            ("smtp_host_lookup", "native"),
-            ("smtpd_peername_lookup", "no"),
-            ("default_transport", "discard:outbound mail is disabled in this test instance"),
-            ("relay_transport", "discard:outbound mail is disabled in this test instance"),
-            ("alias_maps", ""),
-            ("alias_database", ""),
-            ("biff", "no"),
-            ("smtpd_banner", "$myhostname ESMTP nestbox lmtp test"),
-        ]
-        var order: [String] = []
-        var values: [String: String] = [:]
-        for (k, v) in adapted + instance {
-            if values[k] == nil { order.append(k) }
-            values[k] = v
-        }
-        var text = "# written by PostfixLMTPTests from postfix/main.cf.lmtp\n"
-        for k in order { text += "\(k) = \(values[k]!)\n" }
-        try text.write(toFile: "\(configDir)/main.cf", atomically: true, encoding: .utf8)
-        chmod("\(configDir)/main.cf", 0o644)
-    }
-
-    func writeMasterCf() throws {
-        let text = """
-        # written by PostfixLMTPTests: a stock master.cf (lmtp included), smtpd on loopback
-        127.0.0.1:\(port) inet n  -       n       -       -       smtpd
-        pickup    unix  n       -       n       60      1       pickup
-        cleanup   unix  n       -       n       -       0       cleanup
-        qmgr      unix  n       -       n       300     1       qmgr
-        rewrite   unix  -       -       n       -       -       trivial-rewrite
-        bounce    unix  -       -       n       -       0       bounce
-        defer     unix  -       -       n       -       0       bounce
-        trace     unix  -       -       n       -       0       bounce
-        verify    unix  -       -       n       -       1       verify
-        flush     unix  n       -       n       1000?   0       flush
-        proxymap  unix  -       -       n       -       -       proxymap
-        smtp      unix  -       -       n       -       -       smtp
-        lmtp      unix  -       -       n       -       -       lmtp
-        showq     unix  n       -       n       -       -       showq
-        error     unix  -       -       n       -       -       error
-        retry     unix  -       -       n       -       -       error
-        discard   unix  -       -       n       -       -       discard
-        local     unix  -       n       n       -       -       local
-        virtual   unix  -       n       n       -       -       virtual
-        anvil     unix  -       -       n       -       1       anvil
-        scache    unix  -       -       n       -       1       scache
-        postlog   unix-dgram n  -       n       -       1       postlogd
-
-        """
-        try text.write(toFile: "\(configDir)/master.cf", atomically: true, encoding: .utf8)
-        chmod("\(configDir)/master.cf", 0o644)
-    }
-
-    // MARK: - running Postfix (as PostfixPipeTests)
-
-    func startPostfix() throws {
-        let check = try Harness.sh("/usr/sbin/postconf -c \(configDir) -n >\(base)/postconf.out 2>&1", timeout: 30)
-        XCTAssertEqual(check.status, 0, "postconf: \(Harness.read("\(base)/postconf.out"))")
-        let warnings = Harness.read("\(base)/postconf.out").split(separator: "\n").filter { $0.contains("warning") }
-        XCTAssertEqual(warnings, [], "postconf warnings about the sample's settings")
-        let r = try Harness.sh("/usr/sbin/postfix -c \(configDir) start >\(base)/start.out 2>&1", timeout: 60)
-        postfixStarted = true
-        guard r.status == 0 else {
-            XCTFail("postfix start failed (\(r.status)): \(Harness.read("\(base)/start.out"))\n\(logTail())")
-            throw LMTPTestError("postfix start")
-        }
-        let deadline = Date().addingTimeInterval(20)
-        while !Net.canConnect(port: port) {
-            guard Date() < deadline else {
-                XCTFail("smtpd does not listen on 127.0.0.1:\(port)\n\(Harness.read("\(base)/start.out"))\n\(logTail())")
-                throw LMTPTestError("smtpd")
-            }
-            usleep(100_000)
-        }
-    }
-
-    func stopPostfix() {
-        guard postfixStarted else { return }
-        postfixStarted = false
-        let masterPid = PostfixPipeTests.pidFromFile("\(queueDir)/pid/master.pid")
-        _ = try? Harness.sh("/usr/sbin/postfix -c \(configDir) stop >>\(base)/stop.out 2>&1", timeout: 30)
-        if let pid = masterPid, !PostfixPipeTests.waitForExit(pid, seconds: 10) {
-            _ = try? Harness.sh("/usr/sbin/postfix -c \(configDir) abort >>\(base)/stop.out 2>&1", timeout: 30)
-            if !PostfixPipeTests.waitForExit(pid, seconds: 5) {
-                kill(pid, SIGKILL)
-                _ = PostfixPipeTests.waitForExit(pid, seconds: 5)
-            }
-        }
-        var leftovers = PostfixPipeTests.instanceProcesses(configDir: configDir)
-        let deadline = Date().addingTimeInterval(5)
-        while !leftovers.isEmpty && Date() < deadline {
-            usleep(100_000)
-            leftovers = PostfixPipeTests.instanceProcesses(configDir: configDir)
-        }
-        for pid in leftovers { kill(pid, SIGKILL) }
-    }
-
-    // MARK: - sending and waiting
-
-    func send(to rcpt: String, subject: String, body: String) throws -> String {
-        let r = try Harness.run("/usr/bin/swaks", [
-            "--server", "127.0.0.1:\(port)", "--helo", "client.example.org", "--timeout", "20",
-            "--from", Self.sender, "--to", rcpt,
-            "--header", "Subject: \(subject)", "--body", body,
-        ], timeout: 60)
-        let output = r.stdout + r.stderr
-        guard r.status == 0,
-              let m = output.range(of: #"queued as [0-9A-Za-z]+"#, options: .regularExpression) else {
-            XCTFail("swaks to \(rcpt) failed (\(r.status)):\n\(output)\n\(logTail())")
-            throw LMTPTestError("swaks")
-        }
-        return String(output[m].dropFirst("queued as ".count))
-    }
-
-    func logLines(qid: String, recipient: String) -> [String] {
-        Harness.read(maillog).split(separator: "\n").map(String.init).filter {
-            $0.contains(" \(qid): to=<\(recipient)>") && $0.contains(" status=")
-        }
-    }
-
-    /// Waits for the first delivery status line and requires `status` and `dsn`.
-    @discardableResult
-    func requireStatus(qid: String, recipient: String, _ status: String, dsn: String) throws -> String {
-        let deadline = Date().addingTimeInterval(Self.deliveryTimeout)
-        while logLines(qid: qid, recipient: recipient).isEmpty {
-            guard Date() < deadline else {
-                XCTFail("no delivery status for \(qid) to=<\(recipient)> within \(Int(Self.deliveryTimeout)) s\n\(logTail())\n--- nestbox-lmtpd ---\n\(server.log)")
-                throw LMTPTestError("no status")
-            }
-            usleep(100_000)
-        }
-        let line = logLines(qid: qid, recipient: recipient)[0]
-        let wanted = ["status=\(status)", "dsn=\(dsn),"]
-        let missing = wanted.filter { !line.contains($0) }
-        guard missing.isEmpty else {
-            XCTFail("to=<\(recipient)>: expected \(wanted.joined(separator: " ")), got:\n\(line)\n\(logTail())\n--- nestbox-lmtpd ---\n\(server.log)")
-            throw LMTPTestError("wrong status")
-        }
-        return line
-    }
-
-    func waitForMessage(in dir: String, containing token: String) throws -> String {
-        let deadline = Date().addingTimeInterval(Self.deliveryTimeout)
-        while true {
-            let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
-            if let name = names.sorted().first(where: { Harness.read("\(dir)/\($0)").contains(token) }) { return name }
-            guard Date() < deadline else {
-                XCTFail("no message with \(token) in \(dir)\n\(logTail())\n--- nestbox-lmtpd ---\n\(server.log)")
-                throw LMTPTestError("no message")
-            }
-            usleep(100_000)
-        }
-    }
-
-    func filesContaining(_ token: String, under dir: String) -> [String] {
-        Harness.files(under: dir).filter { Harness.read("\(dir)/\($0)").contains(token) }
-    }
-
-    func logTail(_ count: Int = 40) -> String {
-        let lines = Harness.read(maillog).split(separator: "\n", omittingEmptySubsequences: false)
-        return "--- maillog (last \(count) lines of \(maillog)) ---\n" + lines.suffix(count).joined(separator: "\n")
-    }
-
-    // MARK: - mailboxes
-
-    func makeMaildir(_ user: String, maildirsize: String = "10485760S\n0 0\n") throws {
-        var path = mailRoot
-        for level in user.split(separator: "/") {
-            path += "/\(level)"
-            if !FileManager.default.fileExists(atPath: path) { try makeDir(path) }
-        }
-        for sub in ["cur", "new", "tmp"] { try makeDir("\(path)/\(sub)") }
-        try maildirsize.write(toFile: "\(path)/maildirsize", atomically: false, encoding: .utf8)
-        chmod("\(path)/maildirsize", 0o600)
-        try Harness.chownToMailOwner("\(path)/maildirsize")
-    }
-
-    func makeDir(_ path: String) throws {
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false,
-                                                attributes: [.posixPermissions: 0o700])
-        try Harness.chownToMailOwner(path)
     }
 }
