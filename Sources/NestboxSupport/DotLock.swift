@@ -8,6 +8,13 @@
 //   when neither the lock nor any of the files it protects has changed for `staleAfter` seconds
 //   (120: a live holder touches the lock every 10 s during long work).
 // - A waiter gives up after `timeout` seconds (Dovecot waits up to 122) with a temporary failure.
+//   The timeout is checked on every turn of the wait, whatever the turn found: a lock that
+//   cannot be removed, or one that vanishes and reappears, never keeps a waiter past it.
+// - A lock path that is not a regular file (a directory, a symbolic link, a fifo...) is no lock
+//   anyone holds, and not ours to remove (a link's target may be anything): the waiter fails at
+//   once, naming the path and what it is, for the administrator to remove it.
+// - A stale lock that cannot be removed (unlink fails: EPERM, EACCES...) is waited on like a
+//   held one, with one warning per waiter, until the timeout.
 // Removing a stale lock re-checks that it is still the same inode first, so that two waiters
 // judging the same dead lock do not remove each other's fresh one.
 
@@ -52,6 +59,7 @@ public final class DotLock {
         let content = Array("\(getpid()):\(Host.name)".utf8)
         let start = monotonicSeconds()
         var pause: UInt32 = 100  // microseconds; grows to 4 ms, with jitter so waiters spread out
+        var unremovable: String? = nil  // why a stale lock could not be removed, once known
         while true {
             // O_EXCL, then the content: Dovecot's own way (dotlock_use_excl). A temporary file
             // linked into place would never be empty, but costs a second inode per lock, and
@@ -72,11 +80,14 @@ public final class DotLock {
                 return DotLock(path: lockPath, inode: st.st_ino, made: st.st_mtim)
             }
             if errno != EEXIST { throw NestboxFailure.system("create lock", lockPath) }
-            if removeIfStale(lockPath, watched: watched, staleAfter: options.staleAfter) { continue }
+            let vanished = try removeIfStale(lockPath, watched: watched, staleAfter: options.staleAfter,
+                                             unremovable: &unremovable)
             if monotonicSeconds() - start > options.timeout {
+                let why = unremovable.map { "; it is stale but cannot be removed: \($0)" } ?? ""
                 throw NestboxFailure(.temporary.with(text: "Mailbox is locked, try again later"),
-                                     "lock \(lockPath): timed out after \(Int(options.timeout)) s")
+                                     "lock \(lockPath): timed out after \(Int(options.timeout)) s\(why)")
             }
+            if vanished { continue }
             usleep(pause / 2 + UInt32.random(in: 0...pause))
             pause = min(pause * 2, 4_000)
         }
@@ -107,12 +118,29 @@ public final class DotLock {
         }
     }
 
-    /// Whether the lock at `path` is stale by Dovecot's rules; removes it if so.
-    static func removeIfStale(_ path: String, watched: [String], staleAfter: Double) -> Bool {
-        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        if fd < 0 { return errno == ENOENT }  // vanished: try again at once
+    /// Judges the lock at `path` by Dovecot's rules and removes it if it is stale. Returns true
+    /// only when the lock is gone (removed here, or by someone else meanwhile): the caller may
+    /// create it again at once. Returns false while it stands: held, or stale but impossible to
+    /// remove (`unremovable` then holds the reason; the warning is logged the first time only).
+    /// Throws a temporary failure when `path` is not a regular file.
+    static func removeIfStale(_ path: String, watched: [String], staleAfter: Double,
+                              unremovable: inout String?) throws -> Bool {
+        // lstat first: opening a fifo or a device for reading can block or do things.
         var st = stat()
+        if lstat(path, &st) != 0 { return errno == ENOENT }  // vanished: try again at once
+        try requireRegularFile(path, mode: st.st_mode)
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        if fd < 0 {
+            let code = errno
+            if code == ELOOP { try requireRegularFile(path, mode: S_IFLNK) }  // replaced meanwhile
+            return code == ENOENT
+        }
+        let lstatInode = st.st_ino
         fstat(fd, &st)
+        guard st.st_ino == lstatInode, (st.st_mode & S_IFMT) == S_IFREG else {
+            Glibc.close(fd)
+            return false  // replaced between lstat and open: judge it on the next turn
+        }
         var buffer = [UInt8](repeating: 0, count: 300)
         let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
         Glibc.close(fd)
@@ -138,9 +166,33 @@ public final class DotLock {
         guard stale else { return false }
         var again = stat()
         guard lstat(path, &again) == 0, again.st_ino == st.st_ino else { return true }
-        unlink(path)
-        Log.warning("removed stale lock \(path) (\(text.isEmpty ? "empty" : text))")
+        let what = text.isEmpty ? "empty" : text
+        if unlink(path) != 0 {
+            if errno == ENOENT { return true }
+            let reason = errnoText(errno)
+            if unremovable == nil { Log.warning("remove stale lock \(path) (\(what)): \(reason)") }
+            unremovable = reason
+            return false
+        }
+        Log.warning("removed stale lock \(path) (\(what))")
         return true
+    }
+
+    /// Throws unless `mode` is a regular file's: anything else at a lock path is a leftover for
+    /// the administrator, not a lock.
+    static func requireRegularFile(_ path: String, mode: mode_t) throws {
+        let what: String
+        switch mode & S_IFMT {
+        case S_IFREG: return
+        case S_IFDIR: what = "a directory"
+        case S_IFLNK: what = "a symbolic link"
+        case S_IFIFO: what = "a named pipe"
+        case S_IFSOCK: what = "a socket"
+        case S_IFCHR, S_IFBLK: what = "a device"
+        default: what = "not a regular file"
+        }
+        throw NestboxFailure(.temporary.with(text: "Mailbox lock is broken"),
+                             "lock \(path): is \(what), not a lock file; remove it")
     }
 }
 

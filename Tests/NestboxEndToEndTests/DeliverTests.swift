@@ -297,6 +297,29 @@ final class DeliverTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(root)/dovecot-uidlist.lock"))
     }
 
+    func testUidlistLockThatIsADirectoryFailsTheDeliveryAtOnce() throws {
+        let f = try DeliverFixture()
+        let root = try f.makeUser("alice")
+        let lock = "\(root)/dovecot-uidlist.lock"
+        XCTAssertEqual(mkdir(lock, 0o700), 0)
+        try Harness.chownToMailOwner(lock)
+        // Old: stale by every rule, the case where removing it was tried again without end.
+        var old = [timeval(tv_sec: time(nil) - 3600, tv_usec: 0), timeval(tv_sec: time(nil) - 3600, tv_usec: 0)]
+        XCTAssertEqual(utimes(lock, &old), 0)
+        let start = Date()
+        let r = try Harness.run(Harness.binary("nestbox-deliver"), ["-C", f.configPath, "-L", "-o", "lock_timeout=2", "alice"],
+                                input: Data(sampleMessage.utf8), timeout: 30)
+        let elapsed = Date().timeIntervalSince(start)
+        XCTAssertEqual(r.status, 75, "EX_TEMPFAIL\n\(r.stdout)\n\(r.stderr.prefix(2000))")
+        XCTAssertTrue(r.stdout.hasPrefix("4.3.0 "), r.stdout)
+        XCTAssertLessThan(elapsed, 2 + 5, "the lock timeout holds")
+        XCTAssertLessThanOrEqual(r.stderr.split(separator: "\n").count, 3, "a line or two, not a flood:\n\(r.stderr.prefix(2000))")
+        XCTAssertTrue(r.stderr.contains("\(lock): is a directory"), "the log names what to remove:\n\(r.stderr.prefix(2000))")
+        var isDirectory: ObjCBool = false
+        XCTAssertTrue(FileManager.default.fileExists(atPath: lock, isDirectory: &isDirectory) && isDirectory.boolValue,
+                      "left for the administrator")
+    }
+
     func testCorruptMaildirsizeIsRecalculated() throws {
         let f = try DeliverFixture()
         let root = try f.makeUser("alice", limits: QuotaLimits(bytes: 1_000_000))
