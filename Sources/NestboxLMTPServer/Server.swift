@@ -7,6 +7,11 @@
 //   reading paused meanwhile. That is the back pressure: a slow disk slows the clients down
 //   instead of filling memory.
 // - Limits: `lmtp_max_connections` (more get 421 4.3.2), `lmtp_idle_timeout` (421 4.4.2).
+// - End of input (the client's shutdown(SHUT_WR), or its close): every command read before it
+//   is processed and answered, as `nestbox-lmtpd -i` does at end of file; then the session
+//   ends (a transaction left unfinished stores nothing) and the connection is closed once the
+//   replies are written. Hence allowRemoteHalfClosure: without it SwiftNIO closes the channel
+//   at end of input, and the replies still being worked out would have nowhere to go.
 // - Graceful shutdown (SIGTERM, SIGINT): listeners close at once; idle sessions get 421 and are
 //   closed; a session in a transaction finishes it (its replies are sent), then is closed; then
 //   the process exits.
@@ -122,6 +127,7 @@ public final class LMTPServer: @unchecked Sendable {
             // Nothing is accepted until `startAccepting()`, after privileges are dropped.
             .serverChannelOption(ChannelOptions.autoRead, value: false)
             .childChannelOption(ChannelOptions.autoRead, value: true)
+            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try self.initialize(channel)
@@ -245,6 +251,8 @@ final class LMTPHandler: ChannelInboundHandler, @unchecked Sendable {
     private var busy = false
     private var closing = false
     private var inactive = false
+    /// The client will send nothing more: once the input already read is answered, the session ends.
+    private var inputClosed = false
 
     init(session: LMTPSession, pool: NIOThreadPool, server: LMTPServer) {
         self.session = session
@@ -301,6 +309,8 @@ final class LMTPHandler: ChannelInboundHandler, @unchecked Sendable {
                     closeAfterFlush(context: context)
                 } else if !queued.isEmpty {
                     process(context: context)
+                } else if inputClosed {
+                    endOfInput(context: context)
                 }
                 if readingPaused && queued.count <= LMTPHandler.backPressureBytes && !closing {
                     readingPaused = false
@@ -314,20 +324,42 @@ final class LMTPHandler: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
+    /// The last write's completion: the close waits for it, so that no reply is cut off.
+    private var lastWrite: EventLoopFuture<Void>? = nil
+
     private func write(_ bytes: [UInt8], context: ChannelHandlerContext) {
         var buffer = context.channel.allocator.buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        lastWrite = context.writeAndFlush(wrapOutboundOut(buffer))
     }
 
     private func closeAfterFlush(context: ChannelHandlerContext) {
         guard !closing else { return }
         closing = true
-        context.close(promise: nil)
+        guard let lastWrite else { return context.close(promise: nil) }
+        lastWrite.whenComplete { _ in context.close(promise: nil) }
+    }
+
+    /// Everything read before the end of input is answered: the session ends here (nothing
+    /// half-received is stored) and the connection closes after the replies.
+    private func endOfInput(context: ChannelHandlerContext) {
+        guard !busy, queued.isEmpty, !closing else { return }
+        session.connectionLost()
+        closeAfterFlush(context: context)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? ChannelEvent, e == .inputClosed {
+            inputClosed = true
+            endOfInput(context: context)  // now if idle; else when the work in flight is done
+            return
+        }
         if let e = event as? IdleStateHandler.IdleStateEvent, e == .read, !busy {
+            if closing {
+                // Closing, but the client has not taken its replies for the idle timeout.
+                context.close(promise: nil)
+                return
+            }
             Log.info("\(session.sessionID): idle timeout, closing")
             write(session.close(reason: "421 4.4.2 \(session.serverName) Idle timeout, closing connection"), context: context)
             closeAfterFlush(context: context)

@@ -636,6 +636,63 @@ final class LMTPServerTests: XCTestCase {
         XCTAssertEqual(newMessages("alice").count, 1)
     }
 
+    /// One transaction up to DATA, and every reply line from the greeting to the 354.
+    static let commandsUpToData = ["LHLO x", "MAIL FROM:<\(sender)>", "RCPT TO:<alice@example.test>", "DATA"]
+    static let repliesUpToData = [
+        "220 \(serverName) LMTP Nestbox ready",
+        "250-\(serverName)", "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-8BITMIME", "250-SIZE",
+        "250-CHUNKING", "250-SMTPUTF8", "250 IGNOREQUOTA",
+        "250 2.1.0 Ok",
+        "250 2.1.5 Ok",
+        "354 Start mail input; end with <CRLF>.<CRLF>",
+    ]
+
+    /// Sends `commandsUpToData` and then `rest` in one write, half-closes (SHUT_WR) and reads
+    /// every line until the server closes. Throws if it does not close in time.
+    func halfClosedSession(_ useSocket: Bool, then rest: [String]) throws -> [String] {
+        let c = useSocket ? try LMTPConnection(unixPath: socketPath) : try LMTPConnection(port: port)
+        try c.send((Self.commandsUpToData + rest).map { $0 + "\r\n" }.joined())
+        XCTAssertEqual(shutdown(c.fd, Int32(SHUT_WR)), 0, "shutdown: errno \(errno)")
+        var lines: [String] = []
+        let deadline = Date().addingTimeInterval(20)
+        while let line = try c.readLine(timeout: max(0.01, deadline.timeIntervalSinceNow)) { lines.append(line) }
+        return lines
+    }
+
+    func testHalfClosedClientGetsEveryReplyThenTheServerCloses() throws {
+        try startServer()
+        for useSocket in [false, true] {
+            let token = Self.token()
+            let lines = try halfClosedSession(useSocket, then: [
+                "Subject: half-closed \(token)", "Message-ID: <\(token)@example.org>", "", "all of it", ".", "QUIT",
+            ])
+            XCTAssertEqual(lines, Self.repliesUpToData + ["250 2.0.0 Ok: delivered", "221 2.0.0 Bye"],
+                           "\(useSocket ? "unix socket" : "tcp"):\n\(server.log)")
+            if let stored = single("alice", containing: token) {
+                XCTAssertTrue(stored.hasSuffix("\n\nall of it\n"), stored)
+            }
+        }
+        XCTAssertEqual(spoolFiles(), [])
+    }
+
+    func testHalfClosedClientInTheMiddleOfDataGetsTheEarlierRepliesAndNothingIsStored() throws {
+        try startServer()
+        let token = Self.token()
+        for useSocket in [false, true] {
+            let lines = try halfClosedSession(useSocket, then: [
+                "Subject: cut \(token)", "Message-ID: <cut-\(useSocket)-\(token)@example.org>", "", "half a message",
+            ])
+            XCTAssertEqual(lines, Self.repliesUpToData, "\(useSocket ? "unix socket" : "tcp"):\n\(server.log)")
+        }
+        let deadline = Date().addingTimeInterval(10)
+        while server.log.components(separatedBy: "nothing stored").count - 1 < 2 && Date() < deadline { usleep(50_000) }
+        XCTAssertEqual(server.log.components(separatedBy: "in the middle of a transaction; nothing stored").count - 1, 2, server.log)
+        while !spoolFiles().isEmpty && Date() < deadline { usleep(50_000) }
+        XCTAssertEqual(spoolFiles(), [], "spool file of the cut transaction removed")
+        XCTAssertEqual(newMessages("alice"), [])
+        XCTAssertEqual(Harness.files(under: "\(fixture.root)/alice/tmp"), [])
+    }
+
     func testConnectionsBeyondTheLimitGet421() throws {
         try startServer(["lmtp_max_connections": "3"])
         waitForQuietServer()
