@@ -336,8 +336,10 @@ public final class LMTPSession {
         if recipients.count == 1 { received += "\n\tfor <\(Names.printable(recipients[0].address))>" }
         received += "; \(Delivery.rfc5322Date())"
         do {
-            // One recipient: spool in its folder's tmp/ and rename into new/; several: link from the spool.
-            let directory = recipients.count == 1 ? "\(recipients[0].target.folder.path)/tmp" : delivery.store.spoolDirectory
+            // One recipient: spool in its folder's tmp/ and rename into new/; several, or an INBOX
+            // still to be created: link from the spool.
+            let alone = recipients.count == 1 && recipients[0].target.inboxToCreate == nil
+            let directory = alone ? "\(recipients[0].target.folder.path)/tmp" : delivery.store.spoolDirectory
             spool = try SpoolWriter(spoolDirectory: directory, host: delivery.config.serverName,
                                     returnPath: sender, received: received, maxSize: limits.maxMessageSize,
                                     headerLimit: limits.headerLimit)

@@ -28,6 +28,10 @@ public struct DeliveryTarget: Sendable {
     public var quota: QuotaRoot
     /// `alice/Work`, `public/News`, for the log.
     public var label: String
+    /// Set while the user's INBOX is still to be created (autocreate), with its limits:
+    /// resolving creates nothing, `Delivery.prepare(_:)` does when a message is stored. Until
+    /// then `folder` does not exist, so nothing may be spooled in its tmp/.
+    public var inboxToCreate: QuotaLimits? = nil
 }
 
 public struct RecipientResult: Sendable {
@@ -70,14 +74,15 @@ public struct Delivery: Sendable {
         }
         let root = try store.userRoot(r)
         let inbox = store.inbox(of: root)
+        var inboxToCreate: QuotaLimits? = nil
         if !inbox.exists {
             guard config.autocreatePost && config.autocreateQuota >= 0 else {
                 throw NestboxFailure(.userUnknown, "\(r.address): no mailbox at \(root)")
             }
-            let limits = QuotaLimits(bytes: config.autocreateQuota * 1024,
-                                     messages: config.autocreateQuotaMessages > 0 ? config.autocreateQuotaMessages : nil)
-            try store.createUser(root: root, limits: limits, folders: config.autocreateInboxFolders)
-            Log.info("\(r.address): created INBOX at \(root) (quota \(limits.line))")
+            // Created when a message is stored (prepare), not now: a transaction that is
+            // reset after its RCPTs must not leave empty mailboxes behind.
+            inboxToCreate = QuotaLimits(bytes: config.autocreateQuota * 1024,
+                                        messages: config.autocreateQuotaMessages > 0 ? config.autocreateQuotaMessages : nil)
         }
         var target = inbox
         if let wanted = folderName ?? r.detail {
@@ -99,7 +104,20 @@ public struct Delivery: Sendable {
         // The mailbox's name for logs and the duplicate key: the domain only where it matters.
         let owner = store.usesDomainArea(r) ? r.address : r.user
         let label = target.isRoot ? owner : "\(owner)/\(target.name)"
-        return DeliveryTarget(recipient: address, folder: target, quota: QuotaRoot(root: root), label: label)
+        return DeliveryTarget(recipient: address, folder: target, quota: QuotaRoot(root: root), label: label,
+                              inboxToCreate: inboxToCreate)
+    }
+
+    /// Creates the INBOX a target is waiting for (`inboxToCreate`), with the autocreate folders,
+    /// all or nothing (MailStore.createUser). Idempotent: nothing to do once the INBOX exists,
+    /// whichever process made it; only the one that made it logs "created INBOX". A full disk
+    /// throws 4.3.1 and leaves no mailbox behind.
+    public func prepare(_ target: DeliveryTarget) throws {
+        guard let limits = target.inboxToCreate else { return }
+        let root = target.folder.mailRoot
+        if try store.createUser(root: root, limits: limits, folders: config.autocreateInboxFolders) {
+            Log.info("\(target.label): created INBOX at \(root) (quota \(limits.line))")
+        }
     }
 
     /// Resolves a shared folder (deliver -m without users, or `postuser+folder`).
@@ -134,6 +152,7 @@ public struct Delivery: Sendable {
             return result
         }
         do {
+            try prepare(target)
             if !ignoreQuota, let refusal = try quotaRefusal(target, incomingSize: message.size) { throw refusal }
             let folder = target.folder
             let base = MaildirName.newBase(host: config.serverName)

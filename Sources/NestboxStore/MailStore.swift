@@ -1,15 +1,32 @@
 // Where mail lives, and what a recipient address means.
 //
 // Layout below the mail root (`partition-default`):
-//   <root>/<user>/                 a user's Maildir++ root (INBOX), with virtdomains off or for
-//                                  users of `defaultdomain`
-//   <root>/<domain>/<user>/        with virtdomains, users of other domains
-//   <root>/public/                 shared folders (`public` is not a user name)
-//   <root>/.nestbox/spool/         messages being delivered
-// Dovecot serves the same with `mail_location = maildir:<root>/%n` (or `%d/%n`).
+//   <root>/<user>/                  a user's Maildir++ root (INBOX): every user with virtdomains
+//                                   off; with virtdomains, users without a domain or of
+//                                   `defaultdomain`
+//   <root>/public/                  shared folders (of `defaultdomain` with virtdomains)
+//   <root>/domain/<domain>/<user>/  with virtdomains, users of every other domain
+//   <root>/domain/<domain>/public/  with virtdomains, that domain's shared folders
+//   <root>/.nestbox/spool/          messages being delivered
+//   <root>/.nestbox/create/         mailboxes being created (see "Creating mailboxes" below)
+// The domain is lowercased for the path. `public` and `domain` are not user names, and neither
+// is anything starting with `.` (Names.swift): so a user's root is never the shared area, a
+// domain area or inside another user's Maildir, and nothing is ever created inside a Maildir's
+// cur/, new/ or tmp/. Changing this layout moves every mailbox: Dovecot serves the same tree
+// with `mail_location = maildir:<root>/%n`, and `maildir:<root>/domain/%d/%n` for hosted domains.
 //
 // A recipient is `[<]local[+detail][@domain][>]`; the local part may be quoted. Local part and
 // domain are lowercased when `lmtp_downcase_rcpt` is set; the detail never is.
+//
+// Creating mailboxes is all or nothing. The whole INBOX (cur/ new/ tmp/, maildirsize with its
+// limits, the default folders with their maildirfolder files, subscriptions) is built under a
+// unique temporary name in <root>/.nestbox/create/ (the same file system, never seen as a
+// user), fsynced, then renamed into place, and the parent directory is fsynced. Dovecot and
+// every delivery see no mailbox or a complete one: a full disk or a crash half-way leaves a
+// temporary tree, never an INBOX without its quota that later deliveries would take as made.
+// If the rename finds the name taken (ENOTEMPTY, EEXIST), another process won: the temporary
+// tree is removed and its mailbox used. Trees left by a crash are removed by the next creation
+// once they are 36 hours old, Maildir's rule for tmp/ (a creation takes seconds).
 
 #if canImport(Glibc)
 import Glibc
@@ -31,18 +48,23 @@ public struct MailStore: Sendable {
     public let config: Config
     public var root: String { config.partition }
     public static let sharedUser = "public"
+    /// The directory holding the per-domain areas (virtdomains).
+    public static let domainAreas = "domain"
 
     public init(config: Config) {
         self.config = config
     }
 
     public var spoolDirectory: String { "\(root)/.nestbox/spool" }
+    /// Where mailboxes are built before they are renamed into place.
+    public var creationDirectory: String { "\(root)/.nestbox/create" }
 
     /// Makes the mail root and the internal directories if they are missing.
     public func prepare() throws {
         try makeParents(root)
         try Files.makeDirectory("\(root)/.nestbox")
         try Files.makeDirectory(spoolDirectory)
+        try Files.makeDirectory(creationDirectory)
     }
 
     /// Removes spool files left by a process that died mid-delivery: older than 36 hours by
@@ -61,11 +83,13 @@ public struct MailStore: Sendable {
         return removed
     }
 
+    /// mkdir -p; a directory it makes is fsynced into its parent.
     private func makeParents(_ path: String) throws {
         var current = ""
         for part in path.split(separator: "/") {
+            let parent = current.isEmpty ? "/" : current
             current += "/" + part
-            if !Files.isDirectory(current) { try Files.makeDirectory(current) }
+            if !Files.isDirectory(current), try Files.makeDirectory(current) { try Files.fsyncDirectory(parent) }
         }
     }
 
@@ -114,20 +138,22 @@ public struct MailStore: Sendable {
     /// The user's Maildir++ root. Throws 5.1.3 for names that cannot be on disk.
     public func userRoot(_ r: Recipient) throws -> String {
         try Names.validateUser(r.user)
-        if usesDomainArea(r), let d = r.domain {
-            try Names.validateDomain(d)
-            return "\(root)/\(d)/\(r.user)"
-        }
+        if usesDomainArea(r), let d = r.domain { return "\(try domainArea(d))/\(r.user)" }
         return "\(root)/\(r.user)"
     }
 
     /// The shared folders' root (per domain with virtdomains).
     public func sharedRoot(domain: String?) throws -> String {
         if config.virtDomains == .userid, let d = domain, d.lowercased() != config.defaultDomain {
-            try Names.validateDomain(d)
-            return "\(root)/\(d)/\(MailStore.sharedUser)"
+            return "\(try domainArea(d))/\(MailStore.sharedUser)"
         }
         return "\(root)/\(MailStore.sharedUser)"
+    }
+
+    /// `<root>/domain/<domain>`, the domain lowercased.
+    private func domainArea(_ domain: String) throws -> String {
+        try Names.validateDomain(domain)
+        return "\(root)/\(MailStore.domainAreas)/\(domain.lowercased())"
     }
 
     /// The folder `name` below `mailRoot` (INBOX is the root itself).
@@ -144,25 +170,96 @@ public struct MailStore: Sendable {
 
     // MARK: Creating mailboxes
 
-    /// Creates a user's INBOX with limits and default folders (subscribed). Idempotent.
-    public func createUser(root mailRoot: String, limits: QuotaLimits?, folders: [String]) throws {
-        try makeParents(Files.directoryName(mailRoot))
-        try inbox(of: mailRoot).create()
-        if let limits {
-            let quota = QuotaRoot(root: mailRoot)
-            if !Files.exists(quota.path) { try quota.recalculate(limits: limits) }
+    /// Creates a mailbox root (a user's INBOX, or the shared area) with `limits` in maildirsize
+    /// and `folders` created and subscribed, all or nothing (see the top of this file). Returns
+    /// false, changing nothing, when the INBOX exists already or another process made it first.
+    /// A folder name that is not valid is logged and skipped; any other failure is thrown
+    /// (a full disk as 4.3.1) and leaves nothing at `mailRoot`.
+    @discardableResult
+    public func createUser(root mailRoot: String, limits: QuotaLimits?, folders: [String]) throws -> Bool {
+        if inbox(of: mailRoot).exists { return false }
+        let parent = Files.directoryName(mailRoot)
+        try makeParents(parent)
+        try makeParents(creationDirectory)
+        cleanCreations()
+        let building = try makeCreationTree()
+        do {
+            try build(building, limits: limits, folders: folders)
+        } catch {
+            MailStore.removeTree(building)
+            throw error
         }
+        if Glibc.rename(building, mailRoot) != 0 {
+            let code = errno
+            MailStore.removeTree(building)
+            guard code == ENOTEMPTY || code == EEXIST else { throw NestboxFailure.system("rename \(building) to", mailRoot, errno: code) }
+            guard inbox(of: mailRoot).exists else {
+                throw NestboxFailure(.temporary, "create INBOX \(mailRoot): something that is not a mailbox is in the way")
+            }
+            return false
+        }
+        try Files.fsyncDirectory(parent)
+        return true
+    }
+
+    /// Fills the temporary tree `mailRoot`; every directory and file in it is fsynced.
+    private func build(_ mailRoot: String, limits: QuotaLimits?, folders: [String]) throws {
+        try inbox(of: mailRoot).create()
+        if let limits { try QuotaRoot(root: mailRoot).recalculate(limits: limits) }
         var subscribed: [[String]] = []
         for name in folders {
+            let f: Folder
+            let levels: [String]
             do {
-                let f = try folder(name, in: mailRoot)
-                try f.create()
-                subscribed.append(try Names.folderLevels(name, separator: config.hierarchySeparator).map(ModifiedUTF7.encode))
+                f = try folder(name, in: mailRoot)
+                levels = try Names.folderLevels(name, separator: config.hierarchySeparator)
             } catch {
                 Log.warning("autocreate_inbox_folders: \(Names.printable(name)): \(error)")
+                continue
             }
+            if f.isRoot { continue }
+            try f.create()
+            subscribed.append(levels.map(ModifiedUTF7.encode))
         }
         if !subscribed.isEmpty { try Subscriptions.add(subscribed, root: mailRoot) }
+    }
+
+    /// A new, empty directory with a unique name in the creation directory.
+    private func makeCreationTree() throws -> String {
+        while true {
+            let path = "\(creationDirectory)/\(Int(wallSeconds())).P\(getpid())Q\(UniqueCounter.next()).\(hexString(randomBytes(4)))"
+            if mkdir(path, Files.directoryMode) == 0 { return path }
+            if errno != EEXIST { throw NestboxFailure.system("mkdir", path) }
+        }
+    }
+
+    /// Removes the temporary trees of creations that died (crash, kill) more than `age`
+    /// seconds ago, by the mtime of the tree's top directory (its last change: nothing else
+    /// touches these trees). Returns how many.
+    @discardableResult
+    public func cleanCreations(olderThan age: Double = 36 * 3600) -> Int {
+        var removed = 0
+        for name in (try? Files.list(creationDirectory)) ?? [] {
+            let path = "\(creationDirectory)/\(name)"
+            guard let st = try? Files.status(path) else { continue }
+            if wallSeconds() - Double(st.st_mtim.tv_sec) > age {
+                MailStore.removeTree(path)
+                removed += 1
+            }
+        }
+        return removed
+    }
+
+    /// rm -rf, never following a symbolic link; errors are ignored (what stays is retried by
+    /// the next cleanup).
+    static func removeTree(_ path: String) {
+        guard let st = try? Files.status(path) else { return }
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            for name in (try? Files.list(path)) ?? [] { removeTree("\(path)/\(name)") }
+            rmdir(path)
+        } else {
+            unlink(path)
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 // mail root or anything that is not a mailbox:
 // - user names and domains: not empty, at most 255 bytes, no `/`, NUL, control characters or
 //   white space, not `.`/`..`, not starting with `.` (the root keeps `.nestbox` there);
-//   `public` is reserved for shared folders;
+//   `public` (shared folders) and `domain` (the domain areas) are reserved, in any case, so
+//   that no user's root can be the shared area or hold other domains' mailboxes (see the
+//   layout in MailStore.swift);
 // - folder levels: not empty, not `.`/`..`, not starting with `~`, no `/`, control characters,
 //   NUL, `*` or `%`, and (Maildir++) no `.` inside a level; the directory name they make
 //   (`.` + levels in modified UTF-7 joined by `.`) fits in 255 bytes.
@@ -12,7 +14,8 @@ import NestboxSupport
 
 public enum Names {
     public static let maxNameBytes = 255
-    public static let reservedUsers: Set<String> = ["public"]
+    /// Directory names at the top of the mail root that belong to the store, not to a user.
+    public static let reservedUsers: Set<String> = [MailStore.sharedUser, MailStore.domainAreas]
 
     static func invalid(_ what: String, _ name: String, _ reason: String) -> NestboxFailure {
         NestboxFailure(.badAddress, "invalid \(what) \"\(printable(name))\": \(reason)")

@@ -205,8 +205,10 @@ if !targets.isEmpty {
     if options.users.count == 1, let r = try? store.parseRecipient(options.users[0]) { received += "\n\tfor <\(Names.printable(r.address))>" }
     received += "; \(Delivery.rfc5322Date())"
     do {
-        // One recipient: spool in its folder's tmp/ and rename into new/; several: link from the spool.
-        let spoolDirectory = targets.count == 1 ? "\(targets[0].folder.path)/tmp" : store.spoolDirectory
+        // One recipient: spool in its folder's tmp/ and rename into new/; several, or an INBOX
+        // still to be created: link from the spool.
+        let alone = targets.count == 1 && targets[0].inboxToCreate == nil
+        let spoolDirectory = alone ? "\(targets[0].folder.path)/tmp" : store.spoolDirectory
         let writer = try SpoolWriter(spoolDirectory: spoolDirectory, host: config.serverName, returnPath: sender,
                                      received: received, maxSize: config.maxMessageSize)
         spooled = try writer.consume(fileDescriptor: 0)

@@ -196,7 +196,7 @@ final class DeliverTests: XCTestCase {
         XCTAssertEqual(try f.deliver(["Alice@Example.TEST"], sampleMessage).status, 0)
         XCTAssertEqual(try f.deliver(["alice@other.example"], sampleMessage).status, 0)
         XCTAssertEqual(Harness.files(under: "\(f.root)/alice/new").count, 1)
-        XCTAssertEqual(Harness.files(under: "\(f.root)/other.example/alice/new").count, 1)
+        XCTAssertEqual(Harness.files(under: "\(f.root)/domain/other.example/alice/new").count, 1)
         XCTAssertEqual(try f.deliver(["alice@../etc"], sampleMessage).status, 67)
     }
 
@@ -462,5 +462,114 @@ final class DeliverTests: XCTestCase {
         let fetched = try dove.fetch("uid", mailbox: "INBOX")
         XCTAssertEqual(fetched.compactMap { $0["uid"].flatMap { UInt32($0) } }, uids)
         XCTAssertEqual(try dove.status("uidvalidity", mailbox: "INBOX"), "\(list.header.uidValidity)")
+    }
+
+    /// A new user's INBOX on a full disk: the delivery defers and no mailbox appears (not even
+    /// cur/ new/ tmp/ without maildirsize, which later deliveries would take as made); once
+    /// there is room, the next delivery creates it whole, and its limits hold. The disk is
+    /// full to the last page (nothing fits) or but for one (the message fits, the mailbox not).
+    func testAutocreateOnAFullDiskIsAllOrNothing() throws {
+        XCTAssertTrue(Harness.isRoot, "this test mounts a tmpfs and must run as root")
+        for freePages in [0, 1] {
+            let f = try DeliverFixture(settings: ["autocreate_post": "yes", "autocreate_quota": "100",
+                                                  "autocreate_inbox_folders": "Sent|Trash"])
+            let mount = try Harness.sh("mkdir -p \(f.root) && mount -t tmpfs -o size=512k,mode=0755 nestbox-test \(f.root)")
+            XCTAssertEqual(mount.status, 0, mount.stderr)
+            defer { _ = try? Harness.sh("umount \(f.root)") }
+            try Harness.chownToMailOwner(f.root)
+            let fill = try Harness.sh("dd if=/dev/zero of=\(f.root)/fill bs=4096 2>/dev/null; truncate -s -\(4096 * freePages) \(f.root)/fill")
+            XCTAssertEqual(fill.status, 0, fill.stderr)
+            let first = try f.deliver(["newbie"], sampleMessage)
+            XCTAssertEqual(first.status, 75, first.stdout + first.stderr)
+            XCTAssertEqual(first.stdout, "4.3.1 Insufficient system storage\n")
+            if freePages == 1 {
+                XCTAssertTrue(first.stderr.contains("maildirsize"), "the message fit, the mailbox did not: \(first.stderr)")
+            }
+            XCTAssertFalse(FileManager.default.fileExists(atPath: "\(f.root)/newbie"), "no half-made INBOX (free pages: \(freePages))")
+            XCTAssertEqual(Harness.files(under: "\(f.root)/.nestbox"), [], "no spool file, no tree being built")
+            // Room again: the whole mailbox appears with the delivery.
+            XCTAssertEqual(unlink("\(f.root)/fill"), 0)
+            let big = "Subject: big\n\n" + String(repeating: String(repeating: "y", count: 99) + "\n", count: 1500)
+            let second = try f.deliver(["newbie"], big)
+            XCTAssertEqual(second.status, 0, second.stdout + second.stderr)
+            XCTAssertEqual(second.stderr.components(separatedBy: "created INBOX").count - 1, 1, second.stderr)
+            let root = "\(f.root)/newbie"
+            XCTAssertEqual(Harness.read("\(root)/maildirsize").split(separator: "\n").first, "102400S")
+            for d in [".Sent", ".Trash"] {
+                XCTAssertTrue(FileManager.default.fileExists(atPath: "\(root)/\(d)/maildirfolder"), d)
+            }
+            XCTAssertEqual(Harness.read("\(root)/subscriptions"), "V\t2\n\nSent\nTrash\n")
+            // 150 KB stored of 100 KiB: the mailbox is full, further mail is refused.
+            for _ in 0..<2 {
+                let refused = try f.deliver(["newbie"], big)
+                XCTAssertEqual(refused.status, 75, refused.stdout + refused.stderr)
+                XCTAssertTrue(refused.stdout.hasPrefix("4.2.2 "), refused.stdout)
+            }
+            XCTAssertEqual(try f.messages("newbie").count, 1)
+            XCTAssertEqual(Harness.files(under: "\(f.root)/.nestbox"), [])
+        }
+    }
+
+    /// Autocreate happens when a message is stored, not when a recipient is accepted: RCPTs
+    /// of a transaction that is reset, or of a session that ends, leave no mailbox behind.
+    func testRecipientsOfAResetTransactionCreateNothing() throws {
+        let f = try DeliverFixture(settings: ["autocreate_post": "yes", "autocreate_quota": "100",
+                                              "autocreate_quota_messages": "50", "autocreate_inbox_folders": "Sent"])
+        func session(_ commands: [String]) throws -> Harness.Result {
+            let input = commands.map { $0 + "\r\n" }.joined()
+            return try Harness.run(Harness.binary("nestbox-deliver"), ["-C", f.configPath, "-L", "-l"], input: Data(input.utf8))
+        }
+        let data = ["DATA", "Subject: welcome", "", "Hello.", "."]
+        let reset = try session(["LHLO client.test", "MAIL FROM:<s@example.org>", "RCPT TO:<ann@example.test>",
+                                 "RCPT TO:<ben@example.test>", "RCPT TO:<cid@example.test>", "RSET",
+                                 "MAIL FROM:<s@example.org>", "RCPT TO:<dan@example.test>", "QUIT"])
+        XCTAssertEqual(reset.stdout.components(separatedBy: "250 2.1.5 Ok").count - 1, 4, reset.stdout)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: f.root), [".nestbox"], reset.stderr)
+        // One recipient alone, then two in one transaction: each INBOX made with its limits.
+        let stored = try session(["LHLO client.test", "MAIL FROM:<s@example.org>", "RCPT TO:<ann@example.test>"] + data
+                                 + ["MAIL FROM:<s@example.org>", "RCPT TO:<ben@example.test>", "RCPT TO:<ann@example.test>"]
+                                 + data + ["QUIT"])
+        XCTAssertEqual(stored.stdout.components(separatedBy: "250 2.0.0 Ok: delivered").count - 1, 3, stored.stdout)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: f.root).sorted(), [".nestbox", "ann", "ben"])
+        XCTAssertEqual(stored.stderr.components(separatedBy: "created INBOX").count - 1, 2, stored.stderr)
+        for user in ["ann", "ben"] {
+            XCTAssertEqual(Harness.read("\(f.root)/\(user)/maildirsize").split(separator: "\n").first, "102400S,50C", user)
+            XCTAssertTrue(FileManager.default.fileExists(atPath: "\(f.root)/\(user)/.Sent/maildirfolder"), user)
+        }
+        XCTAssertEqual(try f.messages("ann").count, 2)
+        XCTAssertEqual(try f.messages("ben").count, 1)
+        XCTAssertEqual(Harness.files(under: f.store.spoolDirectory), [])
+    }
+
+    /// With virtdomains, a user named like a domain and that domain's users, or a domain named
+    /// `public` and the shared folders, live apart: no mailbox is ever made inside another's
+    /// Maildir, and Dovecot sees in each INBOX only its own messages.
+    func testVirtualDomainAreasNeverNestInAMaildir() throws {
+        let f = try DeliverFixture(settings: ["virtdomains": "userid", "defaultdomain": "example.com",
+                                              "autocreate_post": "yes", "autocreate_quota": "0"])
+        for rcpt in ["example.org@example.com", "cur@example.org", "new@example.org", "x@public"] {
+            let r = try f.deliver([rcpt], sampleMessage)
+            XCTAssertEqual(r.status, 0, "\(rcpt): \(r.stdout) \(r.stderr)")
+        }
+        for rcpt in ["domain@example.org", "domain", "Domain@example.com"] {
+            let r = try f.deliver([rcpt], sampleMessage)
+            XCTAssertEqual(r.status, 67, "\(rcpt): \(r.stdout) \(r.stderr)")
+            XCTAssertTrue(r.stdout.hasPrefix("5.1.3 "), "\(rcpt): \(r.stdout)")
+        }
+        let fm = FileManager.default
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: f.root).sorted(), [".nestbox", "domain", "example.org"])
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: "\(f.root)/domain").sorted(), ["example.org", "public"])
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: "\(f.root)/domain/example.org").sorted(), ["cur", "new"])
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: "\(f.root)/domain/public"), ["x"])
+        // example.org's Maildir holds one message and nothing else in cur/ new/ tmp/.
+        let user = "\(f.root)/example.org"
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: "\(user)/cur"), [])
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: "\(user)/tmp"), [])
+        XCTAssertEqual(Harness.files(under: "\(user)/new").count, 1)
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: "\(user)/new").count, 1)
+        for root in ["domain/example.org/cur", "domain/example.org/new", "domain/public/x"] {
+            XCTAssertEqual(Harness.files(under: "\(f.root)/\(root)/new").count, 1, root)
+        }
+        XCTAssertEqual(try Dovecot(mailRoot: user).fetch("uid", mailbox: "INBOX").count, 1)
     }
 }

@@ -155,21 +155,21 @@ final class PostfixLMTPTests: PostfixTestCase {
 
     /// The sample's virtual_transport line: user@virtual-domain lands in the domain's area.
     func testVirtualDomainThroughVirtualTransport() throws {
-        try makeMaildir("\(Self.virtualDomain)/dave")
+        try makeMaildir("domain/\(Self.virtualDomain)/dave")
         let token = Self.token()
         let rcpt = "dave@\(Self.virtualDomain)"
         let qid = try send(to: rcpt, subject: "virtual \(token)", body: "For dave. \(token)")
         let line = try requireStatus(qid: qid, recipient: rcpt, "sent", dsn: "2.0.0")
         XCTAssertTrue(line.contains("postfix/lmtp["), line)
-        let found = try waitForMessage(in: "\(mailRoot)/\(Self.virtualDomain)/dave/new", containing: token)
-        XCTAssertEqual(filesContaining(token, under: mailRoot), ["\(Self.virtualDomain)/dave/new/\(found)"])
+        let found = try waitForMessage(in: "\(mailRoot)/domain/\(Self.virtualDomain)/dave/new", containing: token)
+        XCTAssertEqual(filesContaining(token, under: mailRoot), ["domain/\(Self.virtualDomain)/dave/new/\(found)"])
     }
 
     /// Several recipients of one message in one LMTP transaction: each its own outcome (alice
     /// and bob delivered, carol over quota deferred 4.2.2 at RCPT).
     func testSeveralVirtualRecipientsEachTheirOwnOutcome() throws {
-        for u in ["alice", "bob"] { try makeMaildir("\(Self.virtualDomain)/\(u)") }
-        try makeMaildir("\(Self.virtualDomain)/carol", maildirsize: "1000S\n5000 1\n")
+        for u in ["alice", "bob"] { try makeMaildir("domain/\(Self.virtualDomain)/\(u)") }
+        try makeMaildir("domain/\(Self.virtualDomain)/carol", maildirsize: "1000S\n5000 1\n")
         let token = Self.token()
         let rcpts = ["alice", "bob", "carol"].map { "\($0)@\(Self.virtualDomain)" }
         let qid = try send(to: rcpts.joined(separator: ","), subject: "three \(token)", body: "For three. \(token)")
@@ -178,7 +178,7 @@ final class PostfixLMTPTests: PostfixTestCase {
         let carol = try requireStatus(qid: qid, recipient: rcpts[2], "deferred", dsn: "4.2.2")
         XCTAssertTrue(carol.contains("452 4.2.2 Mailbox full"), carol)
         XCTAssertEqual(filesContaining(token, under: mailRoot).sorted().map { $0.components(separatedBy: "/new/")[0] },
-                       ["\(Self.virtualDomain)/alice", "\(Self.virtualDomain)/bob"])
+                       ["domain/\(Self.virtualDomain)/alice", "domain/\(Self.virtualDomain)/bob"])
         // One LMTP transaction: the message was spooled once for both (one transaction id).
         let ids = server.log.split(separator: "\n").filter { $0.contains("status=sent (delivered)") && $0.contains(Self.virtualDomain) }
             .compactMap { $0.split(separator: " ").dropFirst().first }

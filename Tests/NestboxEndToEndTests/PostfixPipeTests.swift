@@ -169,14 +169,14 @@ final class PostfixPipeTests: PostfixTestCase {
     /// The main.cf.virtual sample: user@virtual-domain goes through nestbox-virtual as
     /// user@domain and lands in the domain's area (virtdomains: userid).
     func testVirtualDomainDeliversToDomainArea() throws {
-        try makeMaildir("\(Self.virtualDomain)/dave")
+        try makeMaildir("domain/\(Self.virtualDomain)/dave")
         let token = Self.token()
         let rcpt = "dave@\(Self.virtualDomain)"
         let qid = try send(to: rcpt, subject: "virtual \(token)", body: "For dave in the virtual domain. \(token)")
         try requireStatus(qid: qid, recipient: rcpt, "sent", dsn: "2.0.0", relay: "nestbox-virtual")
-        let found = try waitForMessage(in: "\(mailRoot)/\(Self.virtualDomain)/dave/new", containing: token)
-        XCTAssertEqual(filesContaining(token, under: mailRoot), ["\(Self.virtualDomain)/dave/new/\(found)"])
-        let text = Harness.read("\(mailRoot)/\(Self.virtualDomain)/dave/new/\(found)")
+        let found = try waitForMessage(in: "\(mailRoot)/domain/\(Self.virtualDomain)/dave/new", containing: token)
+        XCTAssertEqual(filesContaining(token, under: mailRoot), ["domain/\(Self.virtualDomain)/dave/new/\(found)"])
+        let text = Harness.read("\(mailRoot)/domain/\(Self.virtualDomain)/dave/new/\(found)")
         XCTAssertTrue(text.hasPrefix("Return-Path: <\(Self.sender)>\n"), String(text.prefix(400)))
     }
 

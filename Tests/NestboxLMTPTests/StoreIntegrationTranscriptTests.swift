@@ -62,7 +62,7 @@ final class StoreIntegrationTranscriptTests: LMTPTestCase {
                    },
                    check: { env, _ in
                        XCTAssertTrue(FS.exists("\(env.root)/bob/cur"))
-                       XCTAssertTrue(FS.exists("\(env.root)/other.test/bob/cur"))
+                       XCTAssertTrue(FS.exists("\(env.root)/domain/other.test/bob/cur"))
                        XCTAssertEqual(try env.bodies("bob@example.com"), [stored(m)])
                        XCTAssertEqual(try env.bodies("bob@other.test"), [stored(m)])
                    })

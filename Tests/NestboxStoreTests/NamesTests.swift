@@ -40,6 +40,8 @@ final class NamesTests: XCTestCase {
             ("~alice", "leading tilde"),
             ("public", "reserved for shared folders"),
             ("Public", "reserved, any case"),
+            ("domain", "reserved for the domain areas"),
+            ("DOMAIN", "reserved for the domain areas, any case"),
             ("a b", "space"),
             ("a\tb", "tab"),
             (" alice", "leading space"),
@@ -284,10 +286,10 @@ final class NamesTests: XCTestCase {
     func testUserRootVirtdomainsUserid() throws {
         for setting in ["userid", "on", "yes"] {
             let store = MailStore(config: try Self.config([("partition-default", "/srv/mail"), ("virtdomains", setting)]))
-            XCTAssertEqual(try store.userRoot(store.parseRecipient("alice@example.com")), "/srv/mail/example.com/alice", setting)
-            XCTAssertEqual(try store.userRoot(store.parseRecipient("Alice@Example.COM")), "/srv/mail/example.com/alice", setting)
+            XCTAssertEqual(try store.userRoot(store.parseRecipient("alice@example.com")), "/srv/mail/domain/example.com/alice", setting)
+            XCTAssertEqual(try store.userRoot(store.parseRecipient("Alice@Example.COM")), "/srv/mail/domain/example.com/alice", setting)
             XCTAssertEqual(try store.userRoot(store.parseRecipient("alice")), "/srv/mail/alice", setting)
-            XCTAssertEqual(try store.sharedRoot(domain: "example.com"), "/srv/mail/example.com/public", setting)
+            XCTAssertEqual(try store.sharedRoot(domain: "example.com"), "/srv/mail/domain/example.com/public", setting)
             XCTAssertEqual(try store.sharedRoot(domain: nil), "/srv/mail/public", setting)
         }
     }
@@ -297,10 +299,10 @@ final class NamesTests: XCTestCase {
                                                        ("defaultdomain", "Example.com")]))
         XCTAssertEqual(try store.userRoot(store.parseRecipient("alice@example.com")), "/srv/mail/alice")
         XCTAssertEqual(try store.userRoot(store.parseRecipient("alice@EXAMPLE.COM")), "/srv/mail/alice")
-        XCTAssertEqual(try store.userRoot(store.parseRecipient("alice@other.org")), "/srv/mail/other.org/alice")
+        XCTAssertEqual(try store.userRoot(store.parseRecipient("alice@other.org")), "/srv/mail/domain/other.org/alice")
         XCTAssertEqual(try store.userRoot(store.parseRecipient("alice")), "/srv/mail/alice")
         XCTAssertEqual(try store.sharedRoot(domain: "example.com"), "/srv/mail/public")
-        XCTAssertEqual(try store.sharedRoot(domain: "other.org"), "/srv/mail/other.org/public")
+        XCTAssertEqual(try store.sharedRoot(domain: "other.org"), "/srv/mail/domain/other.org/public")
     }
 
     /// Domains are case-insensitive: with lmtp_downcase_rcpt off, a recipient in the default
@@ -310,12 +312,16 @@ final class NamesTests: XCTestCase {
                                                        ("defaultdomain", "example.com"), ("lmtp_downcase_rcpt", "no")]))
         XCTAssertEqual(try store.userRoot(store.parseRecipient("alice@example.com")), "/srv/mail/alice")
         XCTAssertEqual(try store.userRoot(store.parseRecipient("alice@Example.COM")), "/srv/mail/alice")
+        // Another domain's area is named in lower case too: one area per domain, however written.
+        XCTAssertEqual(try store.userRoot(store.parseRecipient("alice@Other.ORG")), "/srv/mail/domain/other.org/alice")
+        XCTAssertEqual(try store.sharedRoot(domain: "Other.ORG"), "/srv/mail/domain/other.org/public")
     }
 
     func testUserRootRejectsNamesThatCannotBeOnDisk() throws {
         let off = MailStore(config: try Self.config([("partition-default", "/srv/mail")]))
         let userid = MailStore(config: try Self.config([("partition-default", "/srv/mail"), ("virtdomains", "userid")]))
-        for address in ["../x", "a/b@example.com", "public", "public@example.com", ".nestbox", "~root", "\"a b\"@x"] {
+        for address in ["../x", "a/b@example.com", "public", "public@example.com", "domain", "domain@example.com",
+                        "Domain@example.com", ".nestbox", "~root", "\"a b\"@x"] {
             for store in [off, userid] {
                 let failure = XCTAssertThrowsFailure(try store.userRoot(store.parseRecipient(address)), address)
                 XCTAssertEqual(failure?.outcome.status, "5.1.3", address)
