@@ -4,15 +4,19 @@
 //    +detail or -m folder is used only if that folder exists and the identity may post to it
 //    (`p` in its dovecot-acl; the owner always may); otherwise the message goes to INBOX. An
 //    invalid folder name from an address is not an error: it is logged and INBOX is used.
-//    A user without INBOX is unknown unless autocreate_post and autocreate_quota >= 0.
+//    A user without INBOX is unknown unless autocreate_post and autocreate_quota >= 0; such
+//    an INBOX is created (whole: MailStore.createUser) when a message is stored, not when the
+//    recipient is resolved. No level from the mail root down to the target folder may be a
+//    symbolic link (a temporary failure naming it).
 // 2. The message is spooled once (Spool.swift) and fsynced.
 // 3. Per recipient: quota check (unless ignore-quota; strict counts the incoming message);
-//    hard link of the spool file into the folder's tmp/, rename into new/ under its final name
-//    `<base>,S=<size>,W=<vsize>`, fsync of new/. From here on the message is safely delivered.
-//    Then the UID is appended to dovecot-uidlist and the quota delta to maildirsize. A failure
-//    in those two after the rename is logged but does not fail the delivery: the message is on
-//    disk, Dovecot gives it a UID when it next looks, and reporting a failure would make Postfix
-//    deliver it twice.
+//    hard link of the spool file into the folder's tmp/; then, with dovecot-uidlist locked
+//    (GroupCommit.swift), rename into new/ under its final name `<base>,S=<size>,W=<vsize>`
+//    and append its UID; after the lock, fdatasync of the list and fsync of new/. From there
+//    on the message is safely delivered. The quota delta goes to maildirsize just before the
+//    move (and is taken back if the move fails). A failure to append the UID or the quota
+//    delta is logged but does not fail the delivery: the message is on disk, Dovecot gives it
+//    a UID when it next looks, and reporting a failure would make Postfix deliver it twice.
 // 4. Each recipient gets its own outcome; a failure before the rename removes what it created.
 
 #if canImport(Glibc)
@@ -101,6 +105,8 @@ public struct Delivery: Sendable {
                 Log.warning("\(r.address): folder \(e.detail); delivering to INBOX")
             }
         }
+        // No level from the mail root down to the mailbox may be a symbolic link.
+        if inboxToCreate == nil { try target.checkLinks() } else { try Files.checkBeneath(store.root, root) }
         // The mailbox's name for logs and the duplicate key: the domain only where it matters.
         let owner = store.usesDomainArea(r) ? r.address : r.user
         let label = target.isRoot ? owner : "\(owner)/\(target.name)"
@@ -132,6 +138,7 @@ public struct Delivery: Sendable {
         guard f.exists, !f.isRoot else {
             throw NestboxFailure(.userUnknown.with(text: "Mailbox unknown"), "shared folder \(Names.printable(name)) does not exist")
         }
+        try f.checkLinks()
         guard try ACL.read(folder: f.path).mayPost(identity, owner: nil) else {
             throw NestboxFailure(.noPermission, "\(identity ?? "anonymous") has no p right on shared folder \(f.name)")
         }
@@ -159,19 +166,26 @@ public struct Delivery: Sendable {
             let final = MaildirName.stem(base: base, size: message.size, virtualSize: message.virtualSize)
             // Before the rename: a crash after it finds the record, and the file it names.
             if let db = duplicates, let key = duplicateKey { db.recordPending(key, messagePath: "\(folder.path)/new/\(final)") }
-            try link(message, into: folder, base: base, stem: final)
+            let staged = try stage(message, into: folder, base: base)
+            // The quota delta goes before the move: a kill between the two over-counts one
+            // message, which the Maildir++ recalculation rules repair as soon as it matters
+            // (over quota with a stale or multi-line maildirsize); the other order would
+            // under-count, which nothing ever notices.
+            countQuota(target, bytes: message.size, messages: 1)
             do {
-                result.uid = try GroupCommit.shared.commit(final, in: folder, label: target.label)
-            } catch {
-                Files.removeQuietly("\(folder.path)/new/\(final)")
-                throw error
+                result.uid = try GroupCommit.shared.commit(staged, as: final, in: folder, label: target.label)
+                if staged == message.path { message.consumed() }
+            } catch let failure as GroupCommit.Failure {
+                if failure.moved {
+                    Files.removeQuietly("\(folder.path)/new/\(final)")
+                    if staged == message.path { message.consumed() }
+                } else if staged != message.path {
+                    Files.removeQuietly(staged)
+                }
+                countQuota(target, bytes: -message.size, messages: -1)
+                throw failure.error
             }
             if let db = duplicates, let key = duplicateKey { db.record(key) }
-            do {
-                try target.quota.append(bytes: message.size, messages: 1)
-            } catch {
-                Log.warning("\(target.label): delivered, but maildirsize not updated: \(error)")
-            }
         } catch let failure as NestboxFailure {
             result.outcome = failure.outcome
             result.detail = failure.detail
@@ -180,6 +194,16 @@ public struct Delivery: Sendable {
             result.detail = "\(error)"
         }
         return result
+    }
+
+    /// Appends a delta to the target's maildirsize; a failure is only logged (the next
+    /// recalculation repairs the usage).
+    private func countQuota(_ target: DeliveryTarget, bytes: Int64, messages: Int64) {
+        do {
+            try target.quota.append(bytes: bytes, messages: messages)
+        } catch {
+            Log.warning("\(target.label): maildirsize not updated by \(bytes) bytes, \(messages) messages: \(error)")
+        }
     }
 
     /// The refusal when the target's quota is already used up (or, with lmtp_strict_quota,
@@ -192,26 +216,20 @@ public struct Delivery: Sendable {
         return NestboxFailure(row, "over quota: \(state.usage.bytes) bytes, \(state.usage.messages) messages of \(state.limits.line)")
     }
 
-    /// tmp/ -> new/<stem> (the caller fsyncs new/). Removes what it made on failure. A message spooled in this very folder's tmp/ (one recipient) is renamed, not linked.
-    func link(_ message: SpooledMessage, into folder: Folder, base: String, stem: String) throws {
-        let tmp = "\(folder.path)/tmp/\(base)"
-        let new = "\(folder.path)/new/\(stem)"
+    /// The message's file in `folder`/tmp, ready for GroupCommit to move into new/: the spool
+    /// file itself when it was spooled there (one recipient), else a hard link to it (a copy,
+    /// fsynced, across file systems) named `base`. Removes what it made on failure.
+    func stage(_ message: SpooledMessage, into folder: Folder, base: String) throws -> String {
         if message.isSpooled && Files.directoryName(message.path) == "\(folder.path)/tmp" {
-            try Files.rename(message.path, new)
-            message.consumed()
-            return
+            return message.path
         }
+        let tmp = "\(folder.path)/tmp/\(base)"
         if Glibc.link(message.path, tmp) != 0 {
             let code = errno
             guard code == EXDEV || code == EPERM || code == EMLINK else { throw NestboxFailure.system("link \(message.path) to", tmp, errno: code) }
             try copy(message.path, to: tmp)
         }
-        do {
-            try Files.rename(tmp, new)
-        } catch {
-            Files.removeQuietly(tmp)
-            throw error
-        }
+        return tmp
     }
 
     private func copy(_ from: String, to: String) throws {

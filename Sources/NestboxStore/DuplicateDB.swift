@@ -13,12 +13,21 @@
 // Concurrent processes need no lock: a record is one small write, and a half-written one
 // never matches a key.
 //
-// Crash safety: right after the message is renamed into new/, a pending record names its file;
-// after the syncs the record becomes final. A pending record suppresses a retry only while the
-// file it names exists, so a crash between the rename and the acknowledgement neither loses the
-// message (the file is gone: the retry is stored) nor stores it twice (the file is there: the
-// retry is suppressed). Records are not fsynced: a record lost in a power cut can only let a
-// later retry be stored twice, never lose a message.
+// Crash safety: before the message is renamed into new/, a pending record (the key, a marker,
+// and the path of its file in new/) is written; after the syncs, the record is made final by
+// cutting it back to the key alone (one ftruncate: there is no instant at which the record says
+// neither). A pending record suppresses a retry only while the file it names exists, in new/
+// or (flags set) in cur/. A record is never truncated to zero and rewritten: new content is
+// written over the old from offset 0 and only then cut to its length, so a kill -9 at any
+// instant leaves either the old record, the new one, or (while a pending record replaces an
+// older one that named a file that is gone) one naming no existing file.
+// What a kill -9 of the delivering process leaves, at any instant: the message is either not in
+// new/ (no record, or a pending one naming a missing file: the retry is stored) or in new/ with
+// a pending or final record (the retry is suppressed); never lost, never stored twice.
+// Records are not fsynced (that would cost an fsync per delivery): after a power cut a record
+// written in the last seconds may be empty or missing, and a retry of such a message is then
+// stored a second time. A power cut never loses an acknowledged message (its file and new/ are
+// fsynced before the acknowledgement).
 
 #if canImport(Glibc)
 import Glibc
@@ -91,7 +100,8 @@ public struct DuplicateDB: Sendable {
         store(key, content: key + DuplicateDB.pendingMarker + Array(messagePath.utf8))
     }
 
-    /// Remembers `key` (refreshing the time of an existing record). Failures are only logged.
+    /// Makes `key`'s record final (the message is durable), or writes it if there is none.
+    /// Failures are only logged.
     public func record(_ key: [UInt8]) {
         store(key, content: key)
     }
@@ -108,12 +118,12 @@ public struct DuplicateDB: Sendable {
                     let ours = stored == key || stored.starts(with: marker)
                     let expired = (try Files.status(path)).map { wallSeconds() - Double($0.st_mtim.tv_sec) > expiry } ?? true
                     if ours || expired {
-                        try write(content, to: path)
+                        try write(content, to: path, over: stored)
                         return
                     }
                     continue
                 }
-                try write(content, to: path)
+                try write(content, to: path, over: nil)
                 return
             }
             Log.warning("duplicate database: 16 colliding records for one hash in \(dir)")
@@ -122,13 +132,29 @@ public struct DuplicateDB: Sendable {
         }
     }
 
-    /// Writes the record in place: a reader that sees it half-written compares unequal and
-    /// treats the message as new, which is the safe side.
-    private func write(_ content: [UInt8], to path: String) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, Files.fileMode)
+    /// Writes the record in place without ever emptying it: the content goes over the old one
+    /// from offset 0, then the file is cut to its length. Made final, a pending record is only
+    /// cut (its key is its beginning). A reader that sees a record half-written compares
+    /// unequal and treats the message as new, which is the safe side.
+    private func write(_ content: [UInt8], to path: String, over stored: [UInt8]?) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, Files.fileMode)
         if fd < 0 { throw NestboxFailure.system("create", path) }
         defer { close(fd) }
-        try Files.writeAll(fd, content, path: path)
+        let old = stored ?? []
+        if !(old.count > content.count && old.starts(with: content)) {
+            var written = 0
+            while written < content.count {
+                let n = content.withUnsafeBytes { pwrite(fd, $0.baseAddress! + written, content.count - written, off_t(written)) }
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw NestboxFailure.system("write", path)
+                }
+                written += n
+            }
+        }
+        if old.count > content.count {
+            guard ftruncate(fd, off_t(content.count)) == 0 else { throw NestboxFailure.system("truncate", path) }
+        }
     }
 
     /// Removes records older than `age` seconds; returns how many.

@@ -34,10 +34,15 @@ public struct Folder: Sendable {
     /// Display name ("INBOX", "Work/Sub").
     public let name: String
 
-    public init(path: String, mailRoot: String, name: String) {
+    /// The mail root (`partition-default`) the folder lies below, when known: no level between
+    /// it and the folder may be a symbolic link (`checkLinks`, and the moves into new/).
+    public let partition: String?
+
+    public init(path: String, mailRoot: String, name: String, partition: String? = nil) {
         self.path = path
         self.mailRoot = mailRoot
         self.name = name
+        self.partition = partition
     }
 
     public var isRoot: Bool { path == mailRoot }
@@ -47,7 +52,7 @@ public struct Folder: Sendable {
     /// Creates the folder (and its root's directories when needed). Idempotent.
     public func create() throws {
         if !isRoot {
-            try Folder(path: mailRoot, mailRoot: mailRoot, name: "INBOX").create()
+            try Folder(path: mailRoot, mailRoot: mailRoot, name: "INBOX", partition: partition).create()
         }
         try Files.makeDirectory(path)
         for sub in ["tmp", "new", "cur"] { try Files.makeDirectory("\(path)/\(sub)") }
@@ -61,6 +66,47 @@ public struct Folder: Sendable {
         }
         try Files.fsyncDirectory(path)
         try Files.fsyncDirectory(Files.directoryName(path))
+    }
+
+    // MARK: Symbolic links
+
+    /// Throws a temporary failure naming the first symbolic link (or non-directory) met on the
+    /// way from the partition to the folder and its tmp/, new/ and cur/; returns whether they
+    /// all exist. Nothing below the mail root is ever written through a link.
+    @discardableResult
+    public func checkLinks() throws -> Bool {
+        guard let fds = try openSubdirectories(["tmp", "new", "cur"]) else { return false }
+        for fd in fds { close(fd) }
+        return true
+    }
+
+    /// `subs` of the folder, opened level by level from the partition without following a link
+    /// (only from the folder on when the partition is not known); nil when one does not exist.
+    func openSubdirectories(_ subs: [String]) throws -> [Int32]? {
+        let folderFD: Int32?
+        if let partition {
+            folderFD = try Files.openDirectoryBeneath(partition, try Files.relativePath(path, below: partition))
+        } else {
+            folderFD = try Files.openDirectoryBeneath(path, "")
+        }
+        guard let folderFD else { return nil }
+        defer { close(folderFD) }
+        var fds: [Int32] = []
+        for sub in subs {
+            let fd = openat(folderFD, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if fd < 0 {
+                let code = errno
+                for f in fds { close(f) }
+                if code == ENOENT { return nil }
+                var st = stat()
+                if fstatat(folderFD, sub, &st, AT_SYMLINK_NOFOLLOW) == 0 && (st.st_mode & S_IFMT) == S_IFLNK {
+                    throw NestboxFailure(.temporary, "\(path)/\(sub) is a symbolic link: refused below the mail root")
+                }
+                throw NestboxFailure.system("open directory", "\(path)/\(sub)", errno: code)
+            }
+            fds.append(fd)
+        }
+        return fds
     }
 
     // MARK: Listing

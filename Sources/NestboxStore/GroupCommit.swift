@@ -5,8 +5,16 @@
 // are committed together in the next round. Every message is still durable (its file fsynced
 // before, its name and UID after the round's syncs) before its caller acknowledges it.
 //
+// A message reaches new/ only while the round holds `dovecot-uidlist.lock`, and its UID is
+// appended under that same lock, as Dovecot's own save path does: lock, move the files from
+// tmp/ into new/, append their UIDs, unlock. Dovecot scans new/ and cur/ only with that lock
+// held, so it never sees a file of ours that the list does not name yet, and never numbers one
+// itself (a file numbered by two writers shows up under two UIDs). If the lock cannot be had
+// within `lock_timeout`, nothing is moved: every delivery of the round fails temporarily and
+// its file stays in tmp/ for its caller to remove.
+//
 // Only the commit is grouped: each message's file is written and fsynced by its own session
-// beforehand, and those fsyncs overlap in the file system's journal by themselves.
+// beforehand (in tmp/), and those fsyncs overlap in the file system's journal by themselves.
 
 #if canImport(Glibc)
 import Glibc
@@ -18,13 +26,27 @@ import NestboxSupport
 public final class GroupCommit: @unchecked Sendable {
     public static let shared = GroupCommit()
 
-    /// One delivery's part: its file's stem in; its UID (or the round's failure) out.
+    /// Why a commit failed, and whether the file had already been moved into new/ (the caller
+    /// then removes it from there; otherwise it is still at its tmp/ path).
+    public struct Failure: Error, CustomStringConvertible {
+        public let moved: Bool
+        public let error: Error
+        public var description: String { "\(error)" }
+    }
+
+    /// One delivery's part: its file in tmp/ and its final stem in; its UID (or the round's
+    /// failure) out.
     final class Ticket {
+        let source: String
         let stem: String
         var done = false
+        var moved = false
         var uid: UInt32? = nil
         var failure: Error? = nil
-        init(stem: String) { self.stem = stem }
+        init(source: String, stem: String) {
+            self.source = source
+            self.stem = stem
+        }
     }
 
     private var mutex = pthread_mutex_t()
@@ -37,11 +59,13 @@ public final class GroupCommit: @unchecked Sendable {
         pthread_cond_init(&changed, nil)
     }
 
-    /// Commits `stem` (already renamed into `folder`/new) with whatever else is queued for the
-    /// folder. Returns its UID (nil when the uidlist could not be updated: the message is still
-    /// delivered, Dovecot numbers it later); throws when new/ could not be made durable.
-    public func commit(_ stem: String, in folder: Folder, label: String) throws -> UInt32? {
-        let ticket = Ticket(stem: stem)
+    /// Moves `source` (a file in `folder`/tmp, written and fsynced) to `folder`/new/`stem` and
+    /// numbers it, with whatever else is queued for the folder. Returns its UID (nil when the
+    /// uidlist could not be written after the move: the message is delivered all the same, and
+    /// Dovecot numbers it when it next looks). Throws `Failure` when the message is not
+    /// delivered: the lock could not be had, the move failed, or new/ could not be made durable.
+    public func commit(_ source: String, as stem: String, in folder: Folder, label: String) throws -> UInt32? {
+        let ticket = Ticket(source: source, stem: stem)
         pthread_mutex_lock(&mutex)
         queues[folder.path, default: []].append(ticket)
         while !ticket.done {
@@ -58,32 +82,67 @@ public final class GroupCommit: @unchecked Sendable {
             pthread_cond_broadcast(&changed)
         }
         pthread_mutex_unlock(&mutex)
-        if let failure = ticket.failure { throw failure }
+        if let failure = ticket.failure { throw Failure(moved: ticket.moved, error: failure) }
         return ticket.uid
     }
 
-    /// One round: the UIDs under the lock (held for microseconds: no fsync inside), then the
-    /// syncs. The uidlist's fdatasync goes first: it commits the file system's journal with the
-    /// renames in it, so the fsync of new/ after it has (on ext4) nothing left to wait for.
+    /// One round: under the lock, the moves and the UIDs (held for microseconds: no fsync
+    /// inside); then the syncs. The uidlist's fdatasync goes first: it commits the file
+    /// system's journal with the renames in it, so the fsync of new/ after it has (on ext4)
+    /// nothing left to wait for.
     static func commitRound(_ round: [Ticket], folder: Folder, label: String) {
+        defer { for t in round { t.done = true } }
+        // tmp/ and new/ opened level by level from the mail root, no link followed: the moves
+        // are made relative to these descriptors, so they land in this folder or nowhere.
+        let tmpFD: Int32, newFD: Int32
+        do {
+            guard let fds = try folder.openSubdirectories(["tmp", "new"]) else {
+                throw NestboxFailure(.temporary, "\(folder.path): folder vanished during delivery")
+            }
+            (tmpFD, newFD) = (fds[0], fds[1])
+        } catch {
+            for t in round { t.failure = error }
+            return
+        }
+        defer {
+            close(tmpFD)
+            close(newFD)
+        }
+        let lock: DotLock
+        do {
+            lock = try folder.uidList.lock()
+        } catch {
+            for t in round { t.failure = error }
+            return
+        }
+        var moved: [Ticket] = []
+        for t in round {
+            if renameat(tmpFD, Files.baseName(t.source), newFD, t.stem) == 0 {
+                t.moved = true
+                moved.append(t)
+            } else {
+                t.failure = NestboxFailure.system("rename \(t.source) to", "\(folder.path)/new/\(t.stem)")
+            }
+        }
         var listFD: Int32 = -1
         do {
-            let lock = try folder.uidList.lock()
-            defer { lock.release() }
-            let uids = try folder.uidList.appendLocked(round.map { $0.stem }, keepOpen: { listFD = $0 })
-            for (t, uid) in zip(round, uids) { t.uid = uid }
+            let uids = try folder.uidList.appendLocked(moved.map { $0.stem }, keepOpen: { listFD = $0 })
+            for (t, uid) in zip(moved, uids) { t.uid = uid }
         } catch {
+            // The files are in new/ and nobody else has numbered them: Dovecot gives them
+            // their UIDs at its next sync, under this same lock.
             Log.warning("\(label): no UID recorded yet (Dovecot assigns one when it next looks): \(error)")
         }
+        lock.release()
+        guard !moved.isEmpty else { return }
         if listFD >= 0 {
             do { try Files.fdatasync(listFD, path: folder.uidList.path) } catch { Log.warning("\(label): \(error)") }
             close(listFD)
         }
         do {
-            try Files.fsyncDirectory("\(folder.path)/new")
+            try Files.fsync(newFD, path: "\(folder.path)/new")
         } catch {
-            for t in round { t.failure = error }
+            for t in moved { t.failure = error }
         }
-        for t in round { t.done = true }
     }
 }

@@ -159,13 +159,13 @@ public struct MailStore: Sendable {
     /// The folder `name` below `mailRoot` (INBOX is the root itself).
     public func folder(_ name: String, in mailRoot: String) throws -> Folder {
         let levels = try Names.folderLevels(name, separator: config.hierarchySeparator)
-        if levels.isEmpty { return Folder(path: mailRoot, mailRoot: mailRoot, name: "INBOX") }
+        if levels.isEmpty { return inbox(of: mailRoot) }
         return Folder(path: "\(mailRoot)/\(Names.directoryName(levels))", mailRoot: mailRoot,
-                      name: levels.joined(separator: String(config.hierarchySeparator)))
+                      name: levels.joined(separator: String(config.hierarchySeparator)), partition: root)
     }
 
     public func inbox(of mailRoot: String) -> Folder {
-        Folder(path: mailRoot, mailRoot: mailRoot, name: "INBOX")
+        Folder(path: mailRoot, mailRoot: mailRoot, name: "INBOX", partition: root)
     }
 
     // MARK: Creating mailboxes

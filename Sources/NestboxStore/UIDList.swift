@@ -237,11 +237,14 @@ public struct UIDListFile: Sendable {
         guard fstat(fd, &st) == 0 else { throw NestboxFailure.system("fstat", path) }
         let size = Int(st.st_size)
 
-        guard let (header, lastUID) = try readEnds(fd, size: size) else {
+        guard let (header, lastUID, tailStems) = try readEnds(fd, size: size) else {
             // A torn last line or a header we cannot read from the ends alone: parse everything
             // and rewrite whole, keeping every mapping we can read.
             return try rewriteAppending(stems)
         }
+        // The stems are new files moved into new/ under this lock, so no record names them yet;
+        // the records read for the last UID are checked all the same (a retry of a round).
+        if stems.contains(where: { tailStems.contains($0) }) { return try rewriteAppending(stems) }
         var next = max(header.nextUID, lastUID + 1)
         var text = ""
         var uids: [UInt32] = []
@@ -266,9 +269,9 @@ public struct UIDListFile: Sendable {
         return uids
     }
 
-    /// Header and last UID from the first and the last few KiB; nil when the file does not end
-    /// with a complete record line.
-    private func readEnds(_ fd: Int32, size: Int) throws -> (UIDList.Header, UInt32)? {
+    /// Header, last UID and the stems of the last records from the first and the last few KiB;
+    /// nil when the file does not end with a complete record line.
+    private func readEnds(_ fd: Int32, size: Int) throws -> (UIDList.Header, UInt32, Set<String>)? {
         guard size > 0 else { return nil }
         let head = try Files.pread(fd, count: min(size, 4096), offset: 0, path: path)
         guard let nl = head.firstIndex(of: 10) else { return nil }
@@ -279,7 +282,7 @@ public struct UIDListFile: Sendable {
             throw NestboxFailure(.temporary, "\(path): \(error)")
         }
         guard header.version >= 2 else { return nil }
-        if nl == size - 1 { return (header, 0) }
+        if nl == size - 1 { return (header, 0, []) }
         let tailStart = max(nl + 1, size - 4096)
         let tail = try Files.pread(fd, count: size - tailStart, offset: tailStart, path: path)
         guard tail.last == 10 else { return nil }
@@ -288,7 +291,12 @@ public struct UIDListFile: Sendable {
         if lineStart == body.startIndex && tailStart != nl + 1 { return nil }  // line longer than the window
         let line = Substring(String(decoding: body[lineStart...], as: UTF8.self))
         guard let record = try? UIDList.parseRecord(line, version: header.version, lineNumber: 0) else { return nil }
-        return (header, record.uid)
+        var stems: Set<String> = []
+        for raw in body.split(separator: 10) {
+            let text = String(decoding: raw, as: UTF8.self)
+            if let colon = text.firstIndex(of: ":") { stems.insert(MaildirName(String(text[text.index(after: colon)...])).stem) }
+        }
+        return (header, record.uid, stems)
     }
 
     private func rewriteAppending(_ stems: [String]) throws -> [UInt32] {
@@ -312,12 +320,19 @@ public struct UIDListFile: Sendable {
 }
 
 extension UIDList {
-    /// Adds records for `stems` at the next UIDs and returns them.
+    /// Adds records for `stems` at the next UIDs and returns them. A stem the list already
+    /// holds keeps its record and UID: a file is never numbered twice.
     public mutating func appending(_ stems: [String]) -> [UInt32] {
+        var known = records.isEmpty ? [:] : uidsByStem()
         var next = nextUID
         var uids: [UInt32] = []
         for stem in stems {
+            if let uid = known[stem] {
+                uids.append(uid)
+                continue
+            }
             records.append(Record(uid: next, name: stem))
+            known[stem] = next
             uids.append(next)
             next += 1
         }

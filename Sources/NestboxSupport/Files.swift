@@ -192,6 +192,61 @@ public enum Files {
         KnownDirectories.insert(path)
     }
 
+    /// Opens the directory `relative` (levels joined by `/`, none of them `.` or `..`) below
+    /// `base` one level at a time, each with O_NOFOLLOW | O_DIRECTORY relative to the level
+    /// above, so that no symbolic link below `base` is ever followed; `base` itself is opened
+    /// as configured (an administrator may make the mail root a link). Returns the descriptor
+    /// (the caller closes it), or nil when a level does not exist. A level that is a symbolic
+    /// link, or anything but a directory, is a temporary failure naming it.
+    public static func openDirectoryBeneath(_ base: String, _ relative: String) throws -> Int32? {
+        var fd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd < 0 {
+            if errno == ENOENT { return nil }
+            throw NestboxFailure.system("open directory", base)
+        }
+        var reached = base
+        for level in relative.split(separator: "/") {
+            let name = String(level)
+            let next = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            let code = errno
+            reached += "/" + name
+            if next < 0 {
+                defer { Glibc.close(fd) }
+                if code == ENOENT { return nil }
+                var st = stat()
+                if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 {
+                    if (st.st_mode & S_IFMT) == S_IFLNK {
+                        throw NestboxFailure(.temporary, "\(reached) is a symbolic link: refused below the mail root \(base)")
+                    }
+                    if (st.st_mode & S_IFMT) != S_IFDIR {
+                        throw NestboxFailure(.temporary, "\(reached) is not a directory")
+                    }
+                }
+                throw NestboxFailure.system("open directory", reached, errno: code)
+            }
+            Glibc.close(fd)
+            fd = next
+        }
+        return fd
+    }
+
+    /// Throws, as `openDirectoryBeneath` does, when a level of `path` below `base` is a
+    /// symbolic link or not a directory; returns whether the whole path exists.
+    @discardableResult
+    public static func checkBeneath(_ base: String, _ path: String) throws -> Bool {
+        guard let fd = try openDirectoryBeneath(base, try relativePath(path, below: base)) else { return false }
+        Glibc.close(fd)
+        return true
+    }
+
+    /// `path` without the leading `base/` ("" for `base` itself); throws if it is not below.
+    public static func relativePath(_ path: String, below base: String) throws -> String {
+        if path == base { return "" }
+        let prefix = base.hasSuffix("/") ? base : base + "/"
+        guard path.hasPrefix(prefix) else { throw NestboxFailure(.temporary, "\(path) is not below the mail root \(base)") }
+        return String(path.dropFirst(prefix.count))
+    }
+
     /// The names in a directory except "." and "..", unsorted. nil when it does not exist.
     public static func list(_ path: String) throws -> [String]? {
         guard let dir = opendir(path) else {

@@ -208,6 +208,18 @@ final class UIDListTests: TempDirTestCase {
         XCTAssertEqual(list.nextUID, 13)
     }
 
+    func testAppendNeverNumbersAFileTheListAlreadyNames() throws {
+        // A file the list already names (base name, with or without flags) keeps its UID and
+        // its one record; only the others get new UIDs.
+        TestFS.write("\(root)/dovecot-uidlist", "3 V7 N5 G\(Self.guid)\n1 :a\n4 :b:2,S\n")
+        let file = UIDListFile(folder: root, mailRoot: root)
+        XCTAssertEqual(try lockedAppend(file, ["b", "c", "a"]), [4, 5, 1])
+        XCTAssertEqual(TestFS.readText("\(root)/dovecot-uidlist"), "3 V7 N5 G\(Self.guid)\n1 :a\n4 :b:2,S\n5 :c\n")
+        var list = UIDList(header: UIDList.Header(uidValidity: 7, nextUID: 1, guid: ""), records: [UIDList.Record(uid: 3, name: "x")])
+        XCTAssertEqual(list.appending(["x", "y", "y"]), [3, 4, 4])
+        XCTAssertEqual(list.records.map(\.name), ["x", "y"])
+    }
+
     func testAppendAfterLastRecordAboveN() throws {
         TestFS.write("\(root)/dovecot-uidlist", "3 V1 N2 G\(Self.guid)\n1 :a\n7 :b\n")
         XCTAssertEqual(try lockedAppend(UIDListFile(folder: root, mailRoot: root), ["c"]), [8])
