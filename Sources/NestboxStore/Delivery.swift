@@ -13,8 +13,8 @@
 //    hard link of the spool file into the folder's tmp/; then, with dovecot-uidlist locked
 //    (GroupCommit.swift), rename into new/ under its final name `<base>,S=<size>,W=<vsize>`
 //    and append its UID; after the lock, fdatasync of the list and fsync of new/. From there
-//    on the message is safely delivered. The quota delta goes to maildirsize just before the
-//    move (and is taken back if the move fails). A failure to append the UID or the quota
+//    on the message is safely delivered. The quota delta goes to maildirsize under the same
+//    lock just before the move (and is taken back if the move fails). A failure to append the UID or the quota
 //    delta is logged but does not fail the delivery: the message is on disk, Dovecot gives it
 //    a UID when it next looks, and reporting a failure would make Postfix deliver it twice.
 // 4. Each recipient gets its own outcome; a failure before the rename removes what it created.
@@ -167,22 +167,22 @@ public struct Delivery: Sendable {
             // Before the rename: a crash after it finds the record, and the file it names.
             if let db = duplicates, let key = duplicateKey { db.recordPending(key, messagePath: "\(folder.path)/new/\(final)") }
             let staged = try stage(message, into: folder, base: base)
-            // The quota delta goes before the move: a kill between the two over-counts one
-            // message, which the Maildir++ recalculation rules repair as soon as it matters
-            // (over quota with a stale or multi-line maildirsize); the other order would
-            // under-count, which nothing ever notices.
-            countQuota(target, bytes: message.size, messages: 1)
+            // The quota delta is appended in the commit round, under the lock, just before the
+            // move: a kill between the two over-counts one message, which the Maildir++
+            // recalculation rules repair as soon as it matters (over quota with a stale or
+            // multi-line maildirsize); the other order would under-count, which nothing notices.
             do {
-                result.uid = try GroupCommit.shared.commit(staged, as: final, in: folder, label: target.label)
+                result.uid = try GroupCommit.shared.commit(staged, as: final, in: folder, label: target.label,
+                                                           quota: target.quota, size: message.size)
                 if staged == message.path { message.consumed() }
             } catch let failure as GroupCommit.Failure {
                 if failure.moved {
                     Files.removeQuietly("\(folder.path)/new/\(final)")
                     if staged == message.path { message.consumed() }
+                    countQuota(target, bytes: -message.size, messages: -1)
                 } else if staged != message.path {
                     Files.removeQuietly(staged)
                 }
-                countQuota(target, bytes: -message.size, messages: -1)
                 throw failure.error
             }
             if let db = duplicates, let key = duplicateKey { db.record(key) }
@@ -220,6 +220,8 @@ public struct Delivery: Sendable {
     /// file itself when it was spooled there (one recipient), else a hard link to it (a copy,
     /// fsynced, across file systems) named `base`. Removes what it made on failure.
     func stage(_ message: SpooledMessage, into folder: Folder, base: String) throws -> String {
+        // Checked at resolve time; again here, as the link is made by path.
+        try folder.checkLinks()
         if message.isSpooled && Files.directoryName(message.path) == "\(folder.path)/tmp" {
             return message.path
         }

@@ -75,14 +75,16 @@ public struct Folder: Sendable {
     /// all exist. Nothing below the mail root is ever written through a link.
     @discardableResult
     public func checkLinks() throws -> Bool {
-        guard let fds = try openSubdirectories(["tmp", "new", "cur"]) else { return false }
+        guard let (folderFD, fds) = try openDirectories(["tmp", "new", "cur"]) else { return false }
+        close(folderFD)
         for fd in fds { close(fd) }
         return true
     }
 
-    /// `subs` of the folder, opened level by level from the partition without following a link
-    /// (only from the folder on when the partition is not known); nil when one does not exist.
-    func openSubdirectories(_ subs: [String]) throws -> [Int32]? {
+    /// The folder and its `subs`, opened level by level from the partition without following a
+    /// link (only from the folder on when the partition is not known); nil when one does not
+    /// exist. The caller closes every descriptor.
+    func openDirectories(_ subs: [String]) throws -> (folder: Int32, subs: [Int32])? {
         let folderFD: Int32?
         if let partition {
             folderFD = try Files.openDirectoryBeneath(partition, try Files.relativePath(path, below: partition))
@@ -90,12 +92,12 @@ public struct Folder: Sendable {
             folderFD = try Files.openDirectoryBeneath(path, "")
         }
         guard let folderFD else { return nil }
-        defer { close(folderFD) }
         var fds: [Int32] = []
         for sub in subs {
             let fd = openat(folderFD, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             if fd < 0 {
                 let code = errno
+                defer { close(folderFD) }
                 for f in fds { close(f) }
                 if code == ENOENT { return nil }
                 var st = stat()
@@ -106,7 +108,13 @@ public struct Folder: Sendable {
             }
             fds.append(fd)
         }
-        return fds
+        return (folderFD, fds)
+    }
+
+    /// Whether `path` still names the directory open as `fd` (it was not renamed or replaced).
+    static func sameDirectory(_ fd: Int32, _ path: String) -> Bool {
+        var a = stat(), b = stat()
+        return fstat(fd, &a) == 0 && lstat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino
     }
 
     // MARK: Listing

@@ -39,13 +39,18 @@ public final class GroupCommit: @unchecked Sendable {
     final class Ticket {
         let source: String
         let stem: String
+        /// Where the message is counted, and its size.
+        let quota: QuotaRoot?
+        let size: Int64
         var done = false
         var moved = false
         var uid: UInt32? = nil
         var failure: Error? = nil
-        init(source: String, stem: String) {
+        init(source: String, stem: String, quota: QuotaRoot?, size: Int64) {
             self.source = source
             self.stem = stem
+            self.quota = quota
+            self.size = size
         }
     }
 
@@ -64,8 +69,11 @@ public final class GroupCommit: @unchecked Sendable {
     /// uidlist could not be written after the move: the message is delivered all the same, and
     /// Dovecot numbers it when it next looks). Throws `Failure` when the message is not
     /// delivered: the lock could not be had, the move failed, or new/ could not be made durable.
-    public func commit(_ source: String, as stem: String, in folder: Folder, label: String) throws -> UInt32? {
-        let ticket = Ticket(source: source, stem: stem)
+    /// `quota` (with the message's `size`) is the maildirsize the message counts in; its delta
+    /// is appended under the lock, just before the move, and taken back if the move fails.
+    public func commit(_ source: String, as stem: String, in folder: Folder, label: String,
+                       quota: QuotaRoot? = nil, size: Int64 = 0) throws -> UInt32? {
+        let ticket = Ticket(source: source, stem: stem, quota: quota, size: size)
         pthread_mutex_lock(&mutex)
         queues[folder.path, default: []].append(ticket)
         while !ticket.done {
@@ -86,44 +94,57 @@ public final class GroupCommit: @unchecked Sendable {
         return ticket.uid
     }
 
-    /// One round: under the lock, the moves and the UIDs (held for microseconds: no fsync
-    /// inside); then the syncs. The uidlist's fdatasync goes first: it commits the file
-    /// system's journal with the renames in it, so the fsync of new/ after it has (on ext4)
-    /// nothing left to wait for.
+    /// One round: under the lock, the quota deltas, the moves and the UIDs (held for
+    /// microseconds: no fsync inside); then the syncs. The uidlist's fdatasync goes first: it
+    /// commits the file system's journal with the renames in it, so the fsync of new/ after it
+    /// has (on ext4) nothing left to wait for.
     static func commitRound(_ round: [Ticket], folder: Folder, label: String) {
         defer { for t in round { t.done = true } }
-        // tmp/ and new/ opened level by level from the mail root, no link followed: the moves
-        // are made relative to these descriptors, so they land in this folder or nowhere.
-        let tmpFD: Int32, newFD: Int32
+        // The folder, tmp/ and new/ opened level by level from the mail root, no link followed:
+        // the moves are made relative to these descriptors, so they land in this folder or
+        // nowhere; and the folder must still be at its path once locked (not renamed by an IMAP
+        // client meanwhile), so that the UIDs go to the list beside the files.
+        let folderFD: Int32, tmpFD: Int32, newFD: Int32
         do {
-            guard let fds = try folder.openSubdirectories(["tmp", "new"]) else {
+            guard let (fd, fds) = try folder.openDirectories(["tmp", "new"]) else {
                 throw NestboxFailure(.temporary, "\(folder.path): folder vanished during delivery")
             }
-            (tmpFD, newFD) = (fds[0], fds[1])
+            (folderFD, tmpFD, newFD) = (fd, fds[0], fds[1])
         } catch {
             for t in round { t.failure = error }
             return
         }
         defer {
+            close(folderFD)
             close(tmpFD)
             close(newFD)
         }
         let lock: DotLock
         do {
             lock = try folder.uidList.lock()
+            guard Folder.sameDirectory(folderFD, folder.path) else {
+                lock.release()
+                throw NestboxFailure(.temporary, "\(folder.path): folder renamed or replaced during delivery")
+            }
         } catch {
             for t in round { t.failure = error }
             return
         }
+        // Counted before they are moved: a kill in between over-counts (repaired by the
+        // Maildir++ recalculation rules when it matters), never under-counts.
+        count(round, sign: 1, label: label)
         var moved: [Ticket] = []
+        var failed: [Ticket] = []
         for t in round {
             if renameat(tmpFD, Files.baseName(t.source), newFD, t.stem) == 0 {
                 t.moved = true
                 moved.append(t)
             } else {
                 t.failure = NestboxFailure.system("rename \(t.source) to", "\(folder.path)/new/\(t.stem)")
+                failed.append(t)
             }
         }
+        count(failed, sign: -1, label: label)
         var listFD: Int32 = -1
         do {
             let uids = try folder.uidList.appendLocked(moved.map { $0.stem }, keepOpen: { listFD = $0 })
@@ -143,6 +164,24 @@ public final class GroupCommit: @unchecked Sendable {
             try Files.fsync(newFD, path: "\(folder.path)/new")
         } catch {
             for t in moved { t.failure = error }
+        }
+    }
+
+    /// Appends the tickets' quota deltas, one line per maildirsize; failures are only logged
+    /// (the next recalculation repairs the usage).
+    static func count(_ tickets: [Ticket], sign: Int64, label: String) {
+        var sums: [String: (QuotaRoot, Int64, Int64)] = [:]
+        for t in tickets {
+            guard let q = t.quota else { continue }
+            let s = sums[q.path] ?? (q, 0, 0)
+            sums[q.path] = (q, s.1 + sign * t.size, s.2 + sign)
+        }
+        for (quota, bytes, messages) in sums.values {
+            do {
+                try quota.append(bytes: bytes, messages: messages)
+            } catch {
+                Log.warning("\(label): maildirsize not updated by \(bytes) bytes, \(messages) messages: \(error)")
+            }
         }
     }
 }

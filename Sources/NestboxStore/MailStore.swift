@@ -179,8 +179,14 @@ public struct MailStore: Sendable {
     public func createUser(root mailRoot: String, limits: QuotaLimits?, folders: [String]) throws -> Bool {
         if inbox(of: mailRoot).exists { return false }
         let parent = Files.directoryName(mailRoot)
-        try makeParents(parent)
-        try makeParents(creationDirectory)
+        // The mail root as configured; below it, every level is made and opened without
+        // following a link, and the mailbox is renamed into place relative to its parent's
+        // descriptor: it lands below the mail root or nowhere.
+        try makeParents(root)
+        let parentFD = try Files.makeDirectoryBeneath(root, try Files.relativePath(parent, below: root))
+        defer { close(parentFD) }
+        let creationFD = try Files.makeDirectoryBeneath(root, try Files.relativePath(creationDirectory, below: root))
+        defer { close(creationFD) }
         cleanCreations()
         let building = try makeCreationTree()
         do {
@@ -189,7 +195,7 @@ public struct MailStore: Sendable {
             MailStore.removeTree(building)
             throw error
         }
-        if Glibc.rename(building, mailRoot) != 0 {
+        if renameat(creationFD, Files.baseName(building), parentFD, Files.baseName(mailRoot)) != 0 {
             let code = errno
             MailStore.removeTree(building)
             guard code == ENOTEMPTY || code == EEXIST else { throw NestboxFailure.system("rename \(building) to", mailRoot, errno: code) }
@@ -198,7 +204,7 @@ public struct MailStore: Sendable {
             }
             return false
         }
-        try Files.fsyncDirectory(parent)
+        try Files.fsync(parentFD, path: parent)
         return true
     }
 

@@ -199,20 +199,43 @@ public enum Files {
     /// (the caller closes it), or nil when a level does not exist. A level that is a symbolic
     /// link, or anything but a directory, is a temporary failure naming it.
     public static func openDirectoryBeneath(_ base: String, _ relative: String) throws -> Int32? {
+        try walkBeneath(base, relative, create: false)
+    }
+
+    /// As `openDirectoryBeneath`, making the missing levels (mode 0700, each fsynced into its
+    /// parent) with mkdirat relative to the level above.
+    public static func makeDirectoryBeneath(_ base: String, _ relative: String) throws -> Int32 {
+        guard let fd = try walkBeneath(base, relative, create: true) else {
+            throw NestboxFailure.system("open directory", "\(base)/\(relative)", errno: ENOENT)
+        }
+        return fd
+    }
+
+    private static func walkBeneath(_ base: String, _ relative: String, create: Bool) throws -> Int32? {
         var fd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if fd < 0 {
-            if errno == ENOENT { return nil }
+            if errno == ENOENT && !create { return nil }
             throw NestboxFailure.system("open directory", base)
         }
         var reached = base
         for level in relative.split(separator: "/") {
             let name = String(level)
-            let next = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            let code = errno
             reached += "/" + name
+            var next = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if next < 0 && errno == ENOENT && create {
+                if mkdirat(fd, name, directoryMode) == 0 {
+                    do { try fsync(fd, path: Files.directoryName(reached)) } catch { Glibc.close(fd); throw error }
+                } else if errno != EEXIST {
+                    let code = errno
+                    Glibc.close(fd)
+                    throw NestboxFailure.system("mkdir", reached, errno: code)
+                }
+                next = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            }
+            let code = errno
             if next < 0 {
                 defer { Glibc.close(fd) }
-                if code == ENOENT { return nil }
+                if code == ENOENT && !create { return nil }
                 var st = stat()
                 if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 {
                     if (st.st_mode & S_IFMT) == S_IFLNK {

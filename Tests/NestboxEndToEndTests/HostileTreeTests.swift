@@ -98,6 +98,23 @@ final class HostileTreeTests: XCTestCase {
         try assertRefused(["dan@example.net"], naming: domainDir)
     }
 
+    func testMailboxCreationNeverGoesThroughALink() throws {
+        // The store's own creation, without the check a delivery makes first: the levels below
+        // the mail root are made and opened without following a link.
+        try fixture.set("virtdomains", "userid")
+        try fixture.makeUser("alice")
+        let store = fixture.store
+        let userRoot = try store.userRoot(try store.parseRecipient("erin@example.com"))
+        let domainDir = (userRoot as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: (domainDir as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        XCTAssertEqual(symlink(outside, domainDir), 0)
+        XCTAssertThrowsError(try store.createUser(root: userRoot, limits: QuotaLimits(bytes: 1000), folders: ["Sent"])) { error in
+            XCTAssertTrue("\(error)".contains("\(domainDir) is a symbolic link"), "\(error)")
+        }
+        XCTAssertEqual(tree(outside), [])
+        XCTAssertEqual(tree("\(fixture.root)/.nestbox/create"), [], "the temporary tree is removed")
+    }
+
     func testLMTPRecipientBehindALinkGetsA451AtRCPT() throws {
         try fixture.makeUser("alice")
         try makeMaildir("\(outside)/bob")
