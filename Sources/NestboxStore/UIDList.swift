@@ -237,14 +237,14 @@ public struct UIDListFile: Sendable {
         guard fstat(fd, &st) == 0 else { throw NestboxFailure.system("fstat", path) }
         let size = Int(st.st_size)
 
-        guard let (header, lastUID, tailStems) = try readEnds(fd, size: size) else {
+        guard let (header, lastUID, tail) = try readEnds(fd, size: size) else {
             // A torn last line or a header we cannot read from the ends alone: parse everything
             // and rewrite whole, keeping every mapping we can read.
             return try rewriteAppending(stems)
         }
         // The stems are new files moved into new/ under this lock, so no record names them yet;
         // the records read for the last UID are checked all the same (a retry of a round).
-        if stems.contains(where: { tailStems.contains($0) }) { return try rewriteAppending(stems) }
+        if stems.contains(where: { UIDListFile.names($0, in: tail) }) { return try rewriteAppending(stems) }
         var next = max(header.nextUID, lastUID + 1)
         var text = ""
         var uids: [UInt32] = []
@@ -269,9 +269,9 @@ public struct UIDListFile: Sendable {
         return uids
     }
 
-    /// Header, last UID and the stems of the last records from the first and the last few KiB;
+    /// Header, last UID and the last few KiB of records, from the first and the last few KiB;
     /// nil when the file does not end with a complete record line.
-    private func readEnds(_ fd: Int32, size: Int) throws -> (UIDList.Header, UInt32, Set<String>)? {
+    private func readEnds(_ fd: Int32, size: Int) throws -> (UIDList.Header, UInt32, [UInt8])? {
         guard size > 0 else { return nil }
         let head = try Files.pread(fd, count: min(size, 4096), offset: 0, path: path)
         guard let nl = head.firstIndex(of: 10) else { return nil }
@@ -291,12 +291,32 @@ public struct UIDListFile: Sendable {
         if lineStart == body.startIndex && tailStart != nl + 1 { return nil }  // line longer than the window
         let line = Substring(String(decoding: body[lineStart...], as: UTF8.self))
         guard let record = try? UIDList.parseRecord(line, version: header.version, lineNumber: 0) else { return nil }
-        var stems: Set<String> = []
-        for raw in body.split(separator: 10) {
-            let text = String(decoding: raw, as: UTF8.self)
-            if let colon = text.firstIndex(of: ":") { stems.insert(MaildirName(String(text[text.index(after: colon)...])).stem) }
+        return (header, record.uid, tail)
+    }
+
+    /// Whether `records` (whole lines) hold a record for `stem`: `:<stem>` followed by the end
+    /// of the line or by `:` (a name with flags). A byte search: it runs on every append.
+    static func names(_ stem: String, in records: [UInt8]) -> Bool {
+        let needle = Array((":" + stem).utf8)
+        guard !records.isEmpty else { return false }
+        return records.withUnsafeBufferPointer { hay in
+            needle.withUnsafeBufferPointer { pat in
+                let last = hay.count - pat.count
+                var i = 0
+                while i <= last {
+                    if hay[i] == pat[0] {
+                        var j = 1
+                        while j < pat.count && hay[i + j] == pat[j] { j += 1 }
+                        if j == pat.count {
+                            let after = i + j
+                            if after == hay.count || hay[after] == 10 || hay[after] == UInt8(ascii: ":") { return true }
+                        }
+                    }
+                    i += 1
+                }
+                return false
+            }
         }
-        return (header, record.uid, stems)
     }
 
     private func rewriteAppending(_ stems: [String]) throws -> [UInt32] {
