@@ -1,6 +1,7 @@
 // One LMTP session (RFC 2033): the state machine between the bytes a client sends and the
-// replies it gets, with deliveries done through the store's pipeline. No sockets: the server
-// (and nestbox-deliver -l, and the tests) feed it bytes and send back what it returns.
+// replies it gets; the envelope and the message go to the store's DeliveryTransaction, which
+// knows where and how mail is stored (this file knows no paths). No sockets: the server (and
+// nestbox-deliver -l, and the tests) feed it bytes and send back what it returns.
 //
 // - Input is processed strictly in order, so PIPELINING needs nothing special: every command
 //   of a pipelined batch gets its reply, in order, in the same output.
@@ -36,12 +37,6 @@ public final class LMTPSession {
         }
     }
 
-    private struct Recipient {
-        var address: String
-        var target: DeliveryTarget
-        var ignoreQuota: Bool
-    }
-
     private enum State {
         case command
         case data
@@ -57,12 +52,10 @@ public final class LMTPSession {
 
     private var state: State = .command
     private var lhlo: String? = nil
-    private var sender: String? = nil
+    /// From MAIL to the end of the message (or RSET): the store's delivery transaction.
+    private var transaction: DeliveryTransaction? = nil
     private var senderParameters: [Command.Parameter] = []
     private var declaredSize: Int64? = nil
-    private var recipients: [Recipient] = []
-    private var spool: SpoolWriter? = nil
-    private var spoolError: NestboxFailure? = nil
     private var bdatStarted = false
     /// Set when a BDAT chunk is read only to be thrown away (no MAIL or no recipient).
     private var chunkRefusal: String? = nil
@@ -81,7 +74,7 @@ public final class LMTPSession {
         self.limits = limits
     }
 
-    deinit { spool?.abandon() }
+    deinit { transaction?.abandon() }
 
     public var isClosed: Bool {
         if case .closed = state { return true }
@@ -89,7 +82,7 @@ public final class LMTPSession {
     }
 
     /// A transaction is in flight (MAIL accepted, not yet finished).
-    public var inTransaction: Bool { sender != nil }
+    public var inTransaction: Bool { transaction != nil }
 
     public func greeting() -> [UInt8] {
         Array("220 \(serverName) LMTP Nestbox ready\r\n".utf8)
@@ -97,7 +90,7 @@ public final class LMTPSession {
 
     /// The connection went away: nothing half-received is stored.
     public func connectionLost() {
-        if spool != nil || sender != nil {
+        if transaction != nil {
             Log.info("\(sessionID): lost connection from \(client) in the middle of a transaction; nothing stored")
         }
         resetTransaction()
@@ -202,15 +195,7 @@ public final class LMTPSession {
     }
 
     private func writeToSpool(_ bytes: ArraySlice<UInt8>) {
-        guard let writer = spool, spoolError == nil, !bytes.isEmpty else { return }
-        do {
-            try writer.append(bytes)
-            try writer.flushIfNeeded()
-        } catch {
-            spoolError = (error as? NestboxFailure) ?? NestboxFailure(.temporary, "\(error)")
-            writer.abandon()
-            spool = nil
-        }
+        transaction?.append(bytes)
     }
 
     private func reply(_ output: inout [UInt8], _ line: String) {
@@ -234,7 +219,7 @@ public final class LMTPSession {
             reply(&output, "500 5.5.1 This is LMTP: use LHLO")
         case .mail(let path, let parameters):
             guard lhlo != nil else { return reply(&output, "503 5.5.1 Send LHLO first") }
-            guard sender == nil else { return reply(&output, "503 5.5.1 Nested MAIL command") }
+            guard transaction == nil else { return reply(&output, "503 5.5.1 Nested MAIL command") }
             var size: Int64? = nil
             for p in parameters {
                 switch p.keyword {
@@ -258,46 +243,39 @@ public final class LMTPSession {
             if address.unicodeScalars.contains(where: { $0.value < 32 || $0 == "\u{FFFD}" }) {
                 return reply(&output, "501 5.1.7 Bad sender address syntax")
             }
-            sender = address
+            transactionCount += 1
+            transaction = DeliveryTransaction(delivery: delivery, id: "\(sessionID)-\(transactionCount)", sender: address)
             senderParameters = parameters
             declaredSize = size
-            transactionCount += 1
             reply(&output, "250 2.1.0 Ok")
         case .rcpt(let path, let parameters):
-            guard sender != nil else { return reply(&output, "503 5.5.1 Need MAIL command") }
+            guard let transaction else { return reply(&output, "503 5.5.1 Need MAIL command") }
             var ignoreQuota = false
             for p in parameters {
                 if p.keyword == "IGNOREQUOTA" && p.value == nil { ignoreQuota = true }
                 else { return reply(&output, "555 5.5.4 Unsupported parameter \(Names.printable(p.keyword))") }
             }
-            guard recipients.count < limits.maxRecipients else {
+            guard transaction.recipients.count < limits.maxRecipients else {
                 return reply(&output, "452 4.5.3 Too many recipients")
             }
             do {
-                let target = try delivery.resolve(path, folderName: nil, identity: nil)
-                if !ignoreQuota, let refusal = try delivery.quotaRefusal(target, incomingSize: declaredSize) {
-                    throw refusal
-                }
-                recipients.append(Recipient(address: path, target: target, ignoreQuota: ignoreQuota))
+                try transaction.addRecipient(path, ignoreQuota: ignoreQuota, checkQuota: true, declaredSize: declaredSize)
                 reply(&output, "250 2.1.5 Ok")
             } catch {
-                let f = (error as? NestboxFailure) ?? NestboxFailure(.temporary, "\(error)")
-                Log.info(Delivery.logLine(id: sessionID, sender: sender,
-                                          result: RecipientResult(recipient: path, outcome: f.outcome, detail: f.detail), message: nil))
-                reply(&output, lmtpReply(f.outcome))
+                reply(&output, lmtpReply((error as? NestboxFailure)?.outcome ?? .temporary))
             }
         case .data:
-            guard sender != nil else { return reply(&output, "503 5.5.1 Need MAIL command") }
+            guard let transaction else { return reply(&output, "503 5.5.1 Need MAIL command") }
             guard !bdatStarted else { return reply(&output, "503 5.5.1 DATA after BDAT") }
-            guard !recipients.isEmpty else { return reply(&output, "503 5.5.1 No valid recipients") }
+            guard !transaction.recipients.isEmpty else { return reply(&output, "503 5.5.1 No valid recipients") }
             startSpool()
             state = .data
             dataAtLineStart = true
             reply(&output, "354 Start mail input; end with <CRLF>.<CRLF>")
         case .bdat(let size, let last):
-            if sender == nil || recipients.isEmpty {
+            if transaction?.recipients.isEmpty ?? true {
                 // The chunk's octets must still be read (RFC 3030); they go nowhere.
-                chunkRefusal = sender == nil ? "503 5.5.1 Need MAIL command" : "503 5.5.1 No valid recipients"
+                chunkRefusal = transaction == nil ? "503 5.5.1 Need MAIL command" : "503 5.5.1 No valid recipients"
             } else if !bdatStarted {
                 bdatStarted = true
                 startSpool()
@@ -330,22 +308,8 @@ public final class LMTPSession {
     }
 
     private func startSpool() {
-        spoolError = nil
-        let sender = self.sender ?? ""
-        var received = "Received: from \(Names.printable(lhlo ?? "unknown")) (\(client))\n\tby \(serverName) (Nestbox) with LMTP id \(sessionID)-\(transactionCount)"
-        if recipients.count == 1 { received += "\n\tfor <\(Names.printable(recipients[0].address))>" }
-        received += "; \(Delivery.rfc5322Date())"
-        do {
-            // One recipient: spool in its folder's tmp/ and rename into new/; several, or an INBOX
-            // still to be created: link from the spool.
-            let alone = recipients.count == 1 && recipients[0].target.inboxToCreate == nil
-            let directory = alone ? "\(recipients[0].target.folder.path)/tmp" : delivery.store.spoolDirectory
-            spool = try SpoolWriter(spoolDirectory: directory, host: delivery.config.serverName,
-                                    returnPath: sender, received: received, maxSize: limits.maxMessageSize,
-                                    headerLimit: limits.headerLimit)
-        } catch {
-            spoolError = (error as? NestboxFailure) ?? NestboxFailure(.temporary, "\(error)")
-        }
+        transaction?.beginMessage(trace: .lmtp(helo: lhlo ?? "unknown", client: client),
+                                  maxSize: limits.maxMessageSize, headerLimit: limits.headerLimit)
     }
 
     private func endChunk(size: Int, last: Bool, _ output: inout [UInt8]) {
@@ -363,41 +327,18 @@ public final class LMTPSession {
 
     /// The whole message is in: store it for every recipient, one reply each, in RCPT order.
     private func endMessage(_ output: inout [UInt8]) {
-        var message: SpooledMessage? = nil
-        if spoolError == nil, let writer = spool {
-            do {
-                message = try writer.finish()
-            } catch {
-                spoolError = (error as? NestboxFailure) ?? NestboxFailure(.temporary, "\(error)")
-            }
-        }
-        spool = nil
-        let id = "\(sessionID)-\(transactionCount)"
-        for r in recipients {
-            let result: RecipientResult
-            if let message {
-                result = delivery.store(message, into: r.target, ignoreQuota: r.ignoreQuota)
-            } else {
-                let f = spoolError ?? NestboxFailure(.temporary, "no message")
-                result = RecipientResult(recipient: r.address, outcome: f.outcome, mailbox: r.target.label, detail: f.detail)
-            }
-            var logged = result
-            logged.recipient = r.address
-            Log.info(Delivery.logLine(id: id, sender: sender, result: logged, message: message))
+        for result in transaction?.finish() ?? [] {
             reply(&output, result.outcome.isSuccess ? "250 2.0.0 Ok: \(result.detail)" : lmtpReply(result.outcome))
         }
-        message?.remove()
+        transaction = nil
         resetTransaction()
     }
 
     private func resetTransaction() {
-        spool?.abandon()
-        spool = nil
-        spoolError = nil
-        sender = nil
+        transaction?.abandon()
+        transaction = nil
         senderParameters = []
         declaredSize = nil
-        recipients = []
         bdatStarted = false
         dataAtLineStart = true
     }

@@ -222,7 +222,7 @@ public struct Delivery: Sendable {
     func stage(_ message: SpooledMessage, into folder: Folder, base: String) throws -> String {
         // Checked at resolve time; again here, as the link is made by path.
         try folder.checkLinks()
-        if message.isSpooled && Files.directoryName(message.path) == "\(folder.path)/tmp" {
+        if message.isSpooled && message.homeFolder == folder.path {
             return message.path
         }
         let tmp = "\(folder.path)/tmp/\(base)"

@@ -29,6 +29,9 @@ public final class SpooledMessage: @unchecked Sendable {
     public let date: String?
     /// False once the spool file itself became a recipient's message (renamed into new/).
     public private(set) var isSpooled = true
+    /// The folder in whose tmp/ the message was spooled (one recipient): it is moved from there
+    /// into that folder's new/ instead of being linked. nil: the shared spool.
+    var homeFolder: String? = nil
 
     init(path: String, size: Int64, virtualSize: Int64, messageID: String?, date: String?) {
         self.path = path
