@@ -195,14 +195,13 @@ public final class LMTPServer: @unchecked Sendable {
             while sigwait(&set, &sig) != 0 {}
             self.beginShutdown(signal: sig)
         }
-        // Daily upkeep: expired duplicate records, spool files of deliveries that died.
+        // Daily upkeep (Housekeeping.swift): expired duplicate records, spool files of
+        // deliveries that died, trees of mailbox creations that died.
         let db = delivery.duplicates
-        let expiry = config.duplicateExpire
         let store = delivery.store
         startThread {
             while true {
-                if let db, let n = try? db.prune(olderThan: expiry), n > 0 { Log.info("duplicate database: pruned \(n) expired records") }
-                if let n = try? store.cleanSpool(), n > 0 { Log.info("spool: removed \(n) files left by interrupted deliveries") }
+                store.housekeeping(duplicates: db)
                 sleep(86_400)
             }
         }

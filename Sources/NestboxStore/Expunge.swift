@@ -1,0 +1,79 @@
+// Expunge: removing messages from a folder the way Dovecot does, so that the UIDs of every other
+// message, N and UIDVALIDITY stay as they are and the quota stays exact.
+//
+// In this order, all under the folder's uidlist lock (UIDListSession.swift):
+// 1. scan new/ and cur/ and choose the messages (by UID, or by a predicate such as \Deleted);
+// 2. unlink their files, then fsync new/ and cur/; a file already gone was removed (and
+//    uncounted) by someone else and is not counted again;
+// 3. rewrite dovecot-uidlist without their records (through dovecot-uidlist.tmp and rename;
+//    N unchanged, so the UIDs are never given again);
+// 4. append the negative delta `-<bytes> -<count>` to the mail root's maildirsize in one
+//    O_APPEND write, only if the file exists (no maildirsize: no quota).
+// A crash after 2 leaves records without files (Dovecot drops them at its next sync) and a
+// quota that over-counts, which the Maildir++ recalculation repairs; never a record naming a
+// file that another message reused, nor a usage below the truth. Bytes are counted as the quota
+// counts them: the `,S=` of the name, or the file's size when the name has none.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import NestboxSupport
+
+public struct ExpungeResult: Equatable, Sendable {
+    /// The messages whose files were removed here.
+    public var removed: [ScannedMessage]
+    /// The uidlist records dropped (including those of requested UIDs whose file was gone).
+    public var records: [UIDList.Record]
+    /// What was taken off the quota.
+    public var bytes: Int64
+    public var count: Int64
+}
+
+extension Folder {
+    /// Expunges the messages with `uids`; unknown UIDs are ignored.
+    @discardableResult
+    public func expunge(uids: Set<UInt32>, options: DotLock.Options) throws -> ExpungeResult {
+        try expunge(options: options, records: uids) { m in m.uid.map { uids.contains($0) } ?? false }
+    }
+
+    /// Expunges every message (recorded or not) for which `predicate` holds, e.g.
+    /// `{ $0.has(.deleted) }`.
+    @discardableResult
+    public func expunge(options: DotLock.Options, where predicate: (ScannedMessage) -> Bool) throws -> ExpungeResult {
+        try expunge(options: options, records: [], predicate)
+    }
+
+    private func expunge(options: DotLock.Options, records wanted: Set<UInt32>,
+                         _ predicate: (ScannedMessage) -> Bool) throws -> ExpungeResult {
+        let session = try beginUIDListSession(options: options)
+        defer { session.finish() }
+        let scan = try FolderScan.scan(self, session: session, readFiles: false)
+        var removed: [ScannedMessage] = []
+        var bytes: Int64 = 0
+        var touched: Set<String> = []
+        for m in scan.messages where predicate(m) {
+            if unlink(m.path) != 0 {
+                if errno == ENOENT { continue }
+                throw NestboxFailure.system("unlink", m.path)
+            }
+            removed.append(m)
+            bytes += m.name.size ?? max(m.size, 0)
+            touched.insert(m.subdirectory)
+        }
+        for sub in touched.sorted() { try Files.fsyncDirectory("\(path)/\(sub)") }
+        var uids = wanted
+        for m in removed { if let uid = m.uid { uids.insert(uid) } }
+        let records = try session.remove(uids: uids)
+        let count = Int64(removed.count)
+        if count > 0 {
+            do {
+                try QuotaRoot(root: mailRoot).append(bytes: -bytes, messages: -count)
+            } catch {
+                Log.warning("\(path): maildirsize not updated by -\(bytes) bytes, -\(count) messages: \(error)")
+            }
+        }
+        return ExpungeResult(removed: removed, records: records, bytes: bytes, count: count)
+    }
+}

@@ -1,0 +1,45 @@
+// Store housekeeping: what a mail root accumulates by itself and nobody else removes.
+//
+// - expired duplicate records (DuplicateDB.prune, `duplicatesuppression_expire`): lookups ignore
+//   them already, removing them only keeps the directory small;
+// - spool files of deliveries that died (MailStore.cleanSpool): older than 36 hours by ctime;
+// - trees of mailbox creations that died (MailStore.cleanCreations): older than 36 hours.
+// Each part is safe to run at any time beside live deliveries (their ages are far beyond any
+// live delivery or creation), and a failure in one does not stop the others. nestbox-lmtpd runs
+// it daily; nestbox-purge runs it too.
+
+import NestboxSupport
+
+public struct HousekeepingResult: Equatable, Sendable {
+    public var duplicateRecords = 0
+    public var spoolFiles = 0
+    public var creationTrees = 0
+    public init() {}
+}
+
+extension MailStore {
+    /// Runs every housekeeping task once and logs what it removed. `duplicates` is the duplicate
+    /// database to prune (nil: suppression off, nothing to prune); `age` the age beyond which
+    /// spool files and creation trees are taken as left by a dead process.
+    @discardableResult
+    public func housekeeping(duplicates: DuplicateDB?, age: Double = 36 * 3600) -> HousekeepingResult {
+        var result = HousekeepingResult()
+        if let duplicates {
+            do {
+                result.duplicateRecords = try duplicates.prune(olderThan: duplicates.expiry)
+                if result.duplicateRecords > 0 { Log.info("duplicate database: pruned \(result.duplicateRecords) expired records") }
+            } catch {
+                Log.warning("duplicate database: prune: \(error)")
+            }
+        }
+        do {
+            result.spoolFiles = try cleanSpool(olderThan: age)
+            if result.spoolFiles > 0 { Log.info("spool: removed \(result.spoolFiles) files left by interrupted deliveries") }
+        } catch {
+            Log.warning("spool: cleanup: \(error)")
+        }
+        result.creationTrees = cleanCreations(olderThan: age)
+        if result.creationTrees > 0 { Log.info("mailbox creation: removed \(result.creationTrees) trees left by interrupted creations") }
+        return result
+    }
+}

@@ -1,0 +1,48 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import XCTest
+import NestboxSupport
+@testable import NestboxStore
+
+/// Store housekeeping: expired duplicate records, old spool files and old creation trees go;
+/// fresh ones stay.
+final class HousekeepingTests: TempDirTestCase {
+    func testRemovesOnlyWhatIsOld() throws {
+        let store = MailStore(config: try NamesTests.config([("partition-default", "\(dir)/mail")]))
+        try store.prepare()
+        let db = DuplicateDB(directory: "\(store.root)/.nestbox/duplicates", expiry: 3600)
+        let oldKey = DuplicateDB.key(messageID: "<old@x>", date: nil, mailbox: "alice")!
+        let newKey = DuplicateDB.key(messageID: "<new@x>", date: nil, mailbox: "alice")!
+        db.record(oldKey)
+        db.record(newKey)
+        for sub in TestFS.list(db.directory) {
+            for name in TestFS.list("\(db.directory)/\(sub)") where TestFS.readText("\(db.directory)/\(sub)/\(name)")?.contains("<old@x>") == true {
+                TestFS.age("\(db.directory)/\(sub)/\(name)", by: 7200)
+            }
+        }
+        TestFS.write("\(store.spoolDirectory)/fresh", "x")
+        TestFS.write("\(store.spoolDirectory)/stale", "x")
+        TestFS.mkdirs("\(store.creationDirectory)/fresh/cur")
+        TestFS.mkdirs("\(store.creationDirectory)/stale/cur")
+        TestFS.age("\(store.creationDirectory)/stale", by: 2 * 86400)
+
+        // Spool files are judged by ctime, which cannot be set back: a zero age takes every
+        // file; creation trees by mtime.
+        let result = store.housekeeping(duplicates: db, age: 86400)
+        XCTAssertEqual(result.duplicateRecords, 1)
+        XCTAssertFalse(db.contains(oldKey))
+        XCTAssertTrue(db.contains(newKey))
+        XCTAssertEqual(result.creationTrees, 1)
+        XCTAssertEqual(TestFS.list(store.creationDirectory), ["fresh"])
+        XCTAssertEqual(result.spoolFiles, 0)
+        XCTAssertEqual(TestFS.list(store.spoolDirectory), ["fresh", "stale"])
+
+        let again = store.housekeeping(duplicates: nil, age: 0)
+        XCTAssertEqual(again.duplicateRecords, 0)
+        XCTAssertEqual(again.spoolFiles, 2)
+        XCTAssertEqual(TestFS.list(store.spoolDirectory), [])
+    }
+}
