@@ -5,10 +5,8 @@
 //
 // - Input is processed strictly in order, so PIPELINING needs nothing special: every command
 //   of a pipelined batch gets its reply, in order, in the same output.
-// - Command lines are limited to `Command.maxLineLength`; a longer line is discarded up to its
-//   LF and answered `500 5.5.2`. A NUL in a command line is `500 5.5.2` too.
-// - DATA: lines end with LF (CRLF or a tolerated bare LF); a line `.` ends the message; a
-//   leading dot is removed (dot-unstuffing). BDAT: exactly the announced octets, no unstuffing.
+// - Framing (command lines and their limit, DATA dot-unstuffing, BDAT octet counts) is the
+//   LMTPFramer's (Framer.swift); a too long command line or one with a NUL is `500 5.5.2`.
 //   The message streams into the spool as it arrives, so memory does not grow with its size.
 // - After the end of the message every accepted recipient gets its own reply, in RCPT order,
 //   even when the message was refused as a whole (too big, NUL bytes, broken header): then each
@@ -37,12 +35,6 @@ public final class LMTPSession {
         }
     }
 
-    private enum State {
-        case command
-        case data
-        case bdat(remaining: Int, last: Bool, size: Int)
-        case closed
-    }
 
     public let delivery: Delivery
     public let serverName: String
@@ -50,7 +42,10 @@ public final class LMTPSession {
     public let sessionID: String
     public let limits: Limits
 
-    private var state: State = .command
+    private var closed = false
+    private var framer = LMTPFramer()
+    /// The BDAT chunk being received: its size and whether it is the last.
+    private var chunk: (size: Int, last: Bool)? = nil
     private var lhlo: String? = nil
     /// From MAIL to the end of the message (or RSET): the store's delivery transaction.
     private var transaction: DeliveryTransaction? = nil
@@ -61,10 +56,6 @@ public final class LMTPSession {
     private var chunkRefusal: String? = nil
     private var transactionCount = 0
 
-    // Input framing
-    private var pending: [UInt8] = []
-    private var discardingLongLine = false
-    private var dataAtLineStart = true
 
     public init(delivery: Delivery, serverName: String, client: String, sessionID: String, limits: Limits) {
         self.delivery = delivery
@@ -77,8 +68,7 @@ public final class LMTPSession {
     deinit { transaction?.abandon() }
 
     public var isClosed: Bool {
-        if case .closed = state { return true }
-        return false
+        closed
     }
 
     /// A transaction is in flight (MAIL accepted, not yet finished).
@@ -94,13 +84,13 @@ public final class LMTPSession {
             Log.info("\(sessionID): lost connection from \(client) in the middle of a transaction; nothing stored")
         }
         resetTransaction()
-        state = .closed
+        closed = true
     }
 
     /// A reply for the server to send before closing (idle timeout, shutdown).
     public func close(reason: String) -> [UInt8] {
         resetTransaction()
-        state = .closed
+        closed = true
         return Array("\(reason)\r\n".utf8)
     }
 
@@ -108,90 +98,28 @@ public final class LMTPSession {
 
     /// Processes input bytes, appending every reply to `output`.
     public func feed(_ bytes: ArraySlice<UInt8>, into output: inout [UInt8]) {
-        var input: ArraySlice<UInt8>
-        if pending.isEmpty {
-            input = bytes
-        } else {
-            pending.append(contentsOf: bytes)
-            input = pending[...]
-            pending = []
-        }
-        while !input.isEmpty {
-            switch state {
-            case .closed:
-                return
-            case .command:
-                guard let lf = input.firstIndex(of: 10) else {
-                    if discardingLongLine { return }
-                    // +1: a CR may be waiting for its LF; the line check below strips it.
-                    if input.count > Command.maxLineLength + 1 {
-                        discardingLongLine = true
-                    } else {
-                        pending = Array(input)
-                    }
-                    return
-                }
-                var line = input[input.startIndex..<lf]
-                input = input[(lf + 1)...]
-                if line.last == 13 { line = line.dropLast() }
-                if discardingLongLine || line.count > Command.maxLineLength {
-                    discardingLongLine = false
-                    reply(&output, "500 5.5.2 Line too long")
-                    continue
-                }
+        guard !closed else { return }
+        framer.append(bytes)
+        while !closed, let event = framer.next() {
+            switch event {
+            case .command(let line):
                 if line.contains(0) {
                     reply(&output, "500 5.5.2 NUL character in command line")
-                    continue
-                }
-                handle(Command.parse(String(decoding: line, as: UTF8.self)), &output)
-            case .data:
-                input = consumeData(input, &output)
-            case .bdat(let remaining, let last, let size):
-                let n = min(remaining, input.count)
-                writeToSpool(input[input.startIndex..<(input.startIndex + n)])
-                input = input[(input.startIndex + n)...]
-                if n == remaining {
-                    state = .command
-                    endChunk(size: size, last: last, &output)
                 } else {
-                    state = .bdat(remaining: remaining - n, last: last, size: size)
+                    handle(Command.parse(String(decoding: line, as: UTF8.self)), &output)
                 }
+            case .lineTooLong:
+                reply(&output, "500 5.5.2 Line too long")
+            case .messageBytes(let part):
+                writeToSpool(part)
+            case .endOfData:
+                endMessage(&output)
+            case .endOfChunk:
+                let (size, last) = chunk ?? (0, true)
+                chunk = nil
+                endChunk(size: size, last: last, &output)
             }
         }
-        if case .bdat(0, let last, _) = state {  // BDAT 0 arrives with no octets at all
-            state = .command
-            endChunk(size: 0, last: last, &output)
-        }
-    }
-
-    /// DATA content: line by line, unstuffing dots, until the lone dot.
-    private func consumeData(_ input: ArraySlice<UInt8>, _ output: inout [UInt8]) -> ArraySlice<UInt8> {
-        var rest = input
-        while let lf = rest.firstIndex(of: 10) {
-            var line = rest[rest.startIndex...lf]
-            rest = rest[(lf + 1)...]
-            if dataAtLineStart && line.first == UInt8(ascii: ".") {
-                if line.count == 2 || (line.count == 3 && line[line.startIndex + 1] == 13) {
-                    state = .command
-                    endMessage(&output)
-                    return rest
-                }
-                line = line.dropFirst()
-            }
-            dataAtLineStart = true
-            writeToSpool(line)
-        }
-        if rest.isEmpty { return rest }
-        // A partial line: wait for more if it could still become the terminator.
-        if dataAtLineStart && (rest.elementsEqual([46]) || rest.elementsEqual([46, 13])) {
-            pending = Array(rest)
-            return rest[rest.endIndex...]
-        }
-        var part = rest
-        if dataAtLineStart && part.first == UInt8(ascii: ".") { part = part.dropFirst() }
-        dataAtLineStart = false
-        writeToSpool(part)
-        return rest[rest.endIndex...]
     }
 
     private func writeToSpool(_ bytes: ArraySlice<UInt8>) {
@@ -269,8 +197,7 @@ public final class LMTPSession {
             guard !bdatStarted else { return reply(&output, "503 5.5.1 DATA after BDAT") }
             guard !transaction.recipients.isEmpty else { return reply(&output, "503 5.5.1 No valid recipients") }
             startSpool()
-            state = .data
-            dataAtLineStart = true
+            framer.startData()
             reply(&output, "354 Start mail input; end with <CRLF>.<CRLF>")
         case .bdat(let size, let last):
             if transaction?.recipients.isEmpty ?? true {
@@ -280,7 +207,8 @@ public final class LMTPSession {
                 bdatStarted = true
                 startSpool()
             }
-            state = .bdat(remaining: size, last: last, size: size)
+            chunk = (size, last)
+            framer.startChunk(size: size)
         case .rset:
             resetTransaction()
             reply(&output, "250 2.0.0 Ok")
@@ -293,7 +221,7 @@ public final class LMTPSession {
         case .quit:
             reply(&output, "221 2.0.0 Bye")
             resetTransaction()
-            state = .closed
+            closed = true
         case .starttls:
             reply(&output, "502 5.5.1 STARTTLS not offered")
         case .unknown(let verb):
@@ -340,6 +268,5 @@ public final class LMTPSession {
         senderParameters = []
         declaredSize = nil
         bdatStarted = false
-        dataAtLineStart = true
     }
 }
