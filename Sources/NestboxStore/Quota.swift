@@ -187,12 +187,7 @@ public struct QuotaRoot: Sendable {
     }
 
     private func folderDirectories() throws -> [String] {
-        var dirs = [root]
-        for name in try Files.list(root) ?? [] where name.hasPrefix(".") && name != "." && name != ".." {
-            let p = "\(root)/\(name)"
-            if Files.isDirectory("\(p)/cur") || Files.isDirectory("\(p)/new") { dirs.append(p) }
-        }
-        return dirs
+        [root] + (try MailRoot.folderDirectories(root, requireCur: false))
     }
 
     private func directoryTimes() throws -> [Int] {
