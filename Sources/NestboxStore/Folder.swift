@@ -152,15 +152,16 @@ public struct Folder: Sendable {
         return result
     }
 
-    /// Gives UIDs to files that the list does not know, in Dovecot's order. Returns how many.
+    /// Gives UIDs to files that the list does not know, in Dovecot's order, in a uidlist
+    /// session waiting as `options` say. Returns how many.
     @discardableResult
-    public func assignUIDs() throws -> Int {
-        let lock = try uidList.lock()
-        defer { lock.release() }
-        let known = try uidList.read()?.uidsByStem() ?? [:]
+    public func assignUIDs(options: DotLock.Options = DotLock.Options()) throws -> Int {
+        let session = try beginUIDListSession(options: options)
+        defer { session.finish() }
+        let known = try session.read()?.uidsByStem() ?? [:]
         let fresh = try files().map { $0.name.stem }.filter { known[$0] == nil }
         let ordered = Set(fresh).sorted(by: Folder.dovecotOrder)
-        _ = try uidList.appendLocked(ordered)
+        _ = try session.append(ordered)
         return ordered.count
     }
 
@@ -182,11 +183,13 @@ public struct Folder: Sendable {
     // MARK: Flags
 
     /// Sets the flags (IMAP names) and keywords of the message with `uid`, moving it to cur/.
-    /// Keywords new to the folder are added to dovecot-keywords (at most 26).
-    public func setFlags(uid: UInt32, flags: [String], keywords: [String]) throws {
-        let lock = try uidList.lock()
-        defer { lock.release() }
-        guard let list = try uidList.read(), let record = list.records.first(where: { $0.uid == uid }) else {
+    /// Keywords new to the folder are added to dovecot-keywords (at most 26). Done in a uidlist
+    /// session waiting as `options` say.
+    public func setFlags(uid: UInt32, flags: [String], keywords: [String],
+                         options: DotLock.Options = DotLock.Options()) throws {
+        let session = try beginUIDListSession(options: options)
+        defer { session.finish() }
+        guard let list = try session.read(), let record = list.records.first(where: { $0.uid == uid }) else {
             throw NestboxFailure(.temporary, "\(path): no message with uid \(uid)")
         }
         guard let (sub, name) = try files().first(where: { $0.name.stem == record.stem }) else {
