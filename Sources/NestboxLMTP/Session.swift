@@ -75,7 +75,7 @@ public final class LMTPSession {
     public var inTransaction: Bool { transaction != nil }
 
     public func greeting() -> [UInt8] {
-        Array("220 \(serverName) LMTP Nestbox ready\r\n".utf8)
+        Array((LMTPReply.greeting(serverName) + "\r\n").utf8)
     }
 
     /// The connection went away: nothing half-received is stored.
@@ -104,12 +104,12 @@ public final class LMTPSession {
             switch event {
             case .command(let line):
                 if line.contains(0) {
-                    reply(&output, "500 5.5.2 NUL character in command line")
+                    reply(&output, LMTPReply.nulInCommand)
                 } else {
                     handle(Command.parse(String(decoding: line, as: UTF8.self)), &output)
                 }
             case .lineTooLong:
-                reply(&output, "500 5.5.2 Line too long")
+                reply(&output, LMTPReply.lineTooLong)
             case .messageBytes(let part):
                 writeToSpool(part)
             case .endOfData:
@@ -139,70 +139,67 @@ public final class LMTPSession {
         case .lhlo(let name):
             resetTransaction()
             lhlo = name
-            let size = limits.maxMessageSize > 0 ? "SIZE \(limits.maxMessageSize)" : "SIZE"
-            for (i, line) in [serverName, "PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", size, "CHUNKING", "SMTPUTF8", "IGNOREQUOTA"].enumerated() {
-                reply(&output, (i == 7 ? "250 " : "250-") + line)
-            }
+            for line in LMTPReply.lhlo(host: serverName, maxMessageSize: limits.maxMessageSize) { reply(&output, line) }
         case .helo:
-            reply(&output, "500 5.5.1 This is LMTP: use LHLO")
+            reply(&output, LMTPReply.useLHLO)
         case .mail(let path, let parameters):
-            guard lhlo != nil else { return reply(&output, "503 5.5.1 Send LHLO first") }
-            guard transaction == nil else { return reply(&output, "503 5.5.1 Nested MAIL command") }
+            guard lhlo != nil else { return reply(&output, LMTPReply.sendLHLO) }
+            guard transaction == nil else { return reply(&output, LMTPReply.nested) }
             var size: Int64? = nil
             for p in parameters {
                 switch p.keyword {
                 case "SIZE":
-                    guard let v = p.value, let n = Int64(v), n >= 0 else { return reply(&output, "501 5.5.4 Bad SIZE parameter") }
+                    guard let v = p.value, let n = Int64(v), n >= 0 else { return reply(&output, LMTPReply.badSize) }
                     size = n
                 case "BODY":
                     guard let v = p.value?.uppercased(), v == "7BIT" || v == "8BITMIME" else {
-                        return reply(&output, "501 5.5.4 BODY must be 7BIT or 8BITMIME")
+                        return reply(&output, LMTPReply.badBody)
                     }
                 case "AUTH", "SMTPUTF8":
                     break
                 default:
-                    return reply(&output, "555 5.5.4 Unsupported parameter \(Names.printable(p.keyword))")
+                    return reply(&output, LMTPReply.unsupported(Names.printable(p.keyword)))
                 }
             }
             if let size, limits.maxMessageSize > 0, size > limits.maxMessageSize {
-                return reply(&output, "552 5.3.4 Message size exceeds fixed limit of \(limits.maxMessageSize) bytes")
+                return reply(&output, LMTPReply.sizeOverLimit(limits.maxMessageSize))
             }
             let address = path.trimmingCharacters()
             if address.unicodeScalars.contains(where: { $0.value < 32 || $0 == "\u{FFFD}" }) {
-                return reply(&output, "501 5.1.7 Bad sender address syntax")
+                return reply(&output, LMTPReply.badSender)
             }
             transactionCount += 1
             transaction = DeliveryTransaction(delivery: delivery, id: "\(sessionID)-\(transactionCount)", sender: address)
             senderParameters = parameters
             declaredSize = size
-            reply(&output, "250 2.1.0 Ok")
+            reply(&output, LMTPReply.mailOk)
         case .rcpt(let path, let parameters):
-            guard let transaction else { return reply(&output, "503 5.5.1 Need MAIL command") }
+            guard let transaction else { return reply(&output, LMTPReply.needMail) }
             var ignoreQuota = false
             for p in parameters {
                 if p.keyword == "IGNOREQUOTA" && p.value == nil { ignoreQuota = true }
-                else { return reply(&output, "555 5.5.4 Unsupported parameter \(Names.printable(p.keyword))") }
+                else { return reply(&output, LMTPReply.unsupported(Names.printable(p.keyword))) }
             }
             guard transaction.recipients.count < limits.maxRecipients else {
-                return reply(&output, "452 4.5.3 Too many recipients")
+                return reply(&output, LMTPReply.tooManyRecipients)
             }
             do {
                 try transaction.addRecipient(path, ignoreQuota: ignoreQuota, checkQuota: true, declaredSize: declaredSize)
-                reply(&output, "250 2.1.5 Ok")
+                reply(&output, LMTPReply.rcptOk)
             } catch {
-                reply(&output, lmtpReply((error as? NestboxFailure)?.outcome ?? .temporary))
+                reply(&output, LMTPReply.outcome((error as? NestboxFailure)?.outcome ?? .temporary))
             }
         case .data:
-            guard let transaction else { return reply(&output, "503 5.5.1 Need MAIL command") }
-            guard !bdatStarted else { return reply(&output, "503 5.5.1 DATA after BDAT") }
-            guard !transaction.recipients.isEmpty else { return reply(&output, "503 5.5.1 No valid recipients") }
+            guard let transaction else { return reply(&output, LMTPReply.needMail) }
+            guard !bdatStarted else { return reply(&output, LMTPReply.dataAfterBDAT) }
+            guard !transaction.recipients.isEmpty else { return reply(&output, LMTPReply.noRecipients) }
             startSpool()
             framer.startData()
-            reply(&output, "354 Start mail input; end with <CRLF>.<CRLF>")
+            reply(&output, LMTPReply.startData)
         case .bdat(let size, let last):
             if transaction?.recipients.isEmpty ?? true {
                 // The chunk's octets must still be read (RFC 3030); they go nowhere.
-                chunkRefusal = transaction == nil ? "503 5.5.1 Need MAIL command" : "503 5.5.1 No valid recipients"
+                chunkRefusal = transaction == nil ? LMTPReply.needMail : LMTPReply.noRecipients
             } else if !bdatStarted {
                 bdatStarted = true
                 startSpool()
@@ -211,28 +208,24 @@ public final class LMTPSession {
             framer.startChunk(size: size)
         case .rset:
             resetTransaction()
-            reply(&output, "250 2.0.0 Ok")
+            reply(&output, LMTPReply.ok)
         case .noop:
-            reply(&output, "250 2.0.0 Ok")
+            reply(&output, LMTPReply.ok)
         case .vrfy:
-            reply(&output, "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
+            reply(&output, LMTPReply.cannotVerify)
         case .help:
-            reply(&output, "214 2.0.0 See RFC 2033")
+            reply(&output, LMTPReply.help)
         case .quit:
-            reply(&output, "221 2.0.0 Bye")
+            reply(&output, LMTPReply.bye)
             resetTransaction()
             closed = true
         case .starttls:
-            reply(&output, "502 5.5.1 STARTTLS not offered")
+            reply(&output, LMTPReply.noSTARTTLS)
         case .unknown(let verb):
-            reply(&output, "500 5.5.2 Command unrecognized: \(Names.printable(verb))")
+            reply(&output, LMTPReply.unrecognized(Names.printable(verb)))
         case .syntaxError(_, let reason):
-            reply(&output, "501 5.5.4 \(reason)")
+            reply(&output, LMTPReply.syntax(reason))
         }
-    }
-
-    private func lmtpReply(_ o: Outcome) -> String {
-        "\(o.replyCode) \(o.status) \(o.text)"
     }
 
     private func startSpool() {
@@ -249,14 +242,14 @@ public final class LMTPSession {
         if last {
             endMessage(&output)
         } else {
-            reply(&output, "250 2.0.0 \(size) octets received")
+            reply(&output, LMTPReply.octets(size))
         }
     }
 
     /// The whole message is in: store it for every recipient, one reply each, in RCPT order.
     private func endMessage(_ output: inout [UInt8]) {
         for result in transaction?.finish() ?? [] {
-            reply(&output, result.outcome.isSuccess ? "250 2.0.0 Ok: \(result.detail)" : lmtpReply(result.outcome))
+            reply(&output, result.outcome.isSuccess ? LMTPReply.stored(result.detail) : LMTPReply.outcome(result.outcome))
         }
         transaction = nil
         resetTransaction()

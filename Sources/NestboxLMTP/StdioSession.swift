@@ -26,7 +26,7 @@ public enum StdioSession {
                 break
             }
             if ready == 0 {
-                _ = send(session.close(reason: "421 4.4.2 \(session.serverName) Idle timeout, closing connection"), to: output)
+                _ = send(session.close(reason: LMTPReply.idleTimeout(session.serverName)), to: output)
                 Log.info("\(session.sessionID): idle timeout, closed")
                 return
             }

@@ -232,7 +232,7 @@ final class RefuseHandler: ChannelInboundHandler, @unchecked Sendable {
     init(serverName: String) { self.serverName = serverName }
 
     func channelActive(context: ChannelHandlerContext) {
-        let buffer = context.channel.allocator.buffer(string: "421 4.3.2 \(serverName) Too many connections, try again later\r\n")
+        let buffer = context.channel.allocator.buffer(string: LMTPReply.tooManyConnections(serverName) + "\r\n")
         context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in context.close(promise: nil) }
     }
 }
@@ -304,7 +304,7 @@ final class LMTPHandler: ChannelInboundHandler, @unchecked Sendable {
                 if session.isClosed {
                     closeAfterFlush(context: context)
                 } else if server.isDraining && !session.inTransaction {
-                    write(session.close(reason: "421 4.3.2 \(session.serverName) Shutting down"), context: context)
+                    write(session.close(reason: LMTPReply.shuttingDown(session.serverName)), context: context)
                     closeAfterFlush(context: context)
                 } else if !queued.isEmpty {
                     process(context: context)
@@ -317,7 +317,7 @@ final class LMTPHandler: ChannelInboundHandler, @unchecked Sendable {
                 }
             case .failure(let error):
                 Log.error("\(session.sessionID): \(error)")
-                write(session.close(reason: "421 4.3.0 \(session.serverName) Internal error, closing"), context: context)
+                write(session.close(reason: LMTPReply.internalError(session.serverName)), context: context)
                 closeAfterFlush(context: context)
             }
         }
@@ -360,7 +360,7 @@ final class LMTPHandler: ChannelInboundHandler, @unchecked Sendable {
                 return
             }
             Log.info("\(session.sessionID): idle timeout, closing")
-            write(session.close(reason: "421 4.4.2 \(session.serverName) Idle timeout, closing connection"), context: context)
+            write(session.close(reason: LMTPReply.idleTimeout(session.serverName)), context: context)
             closeAfterFlush(context: context)
             return
         }
@@ -372,7 +372,7 @@ final class LMTPHandler: ChannelInboundHandler, @unchecked Sendable {
         guard let context else { return }
         context.eventLoop.execute { [self] in
             if !busy && !session.inTransaction && !closing {
-                write(session.close(reason: "421 4.3.2 \(session.serverName) Shutting down"), context: context)
+                write(session.close(reason: LMTPReply.shuttingDown(session.serverName)), context: context)
                 closeAfterFlush(context: context)
             }
         }
