@@ -218,17 +218,19 @@ public struct UIDListFile: Sendable {
     /// lock (`lock()`). Creates the list with a fresh UIDVALIDITY if there is none.
     /// With `keepOpen`, the new lines are written but not fdatasynced, and the list's descriptor
     /// is handed to `keepOpen` for the caller to fdatasync after releasing the lock.
-    public func appendLocked(_ stems: [String], keepOpen: ((Int32) -> Void)? = nil) throws -> [UInt32] {
+    /// `uidValidityLock` is how long to wait for `dovecot-uidvalidity.lock` when the list is new.
+    public func appendLocked(_ stems: [String], keepOpen: ((Int32) -> Void)? = nil,
+                             uidValidityLock: DotLock.Options = DotLock.Options()) throws -> [UInt32] {
         guard !stems.isEmpty else { return [] }
         let sync = keepOpen == nil
         let fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
         if fd < 0 {
             guard errno == ENOENT else { throw NestboxFailure.system("open", path) }
-            let header = UIDList.Header(uidValidity: try UIDValidity.next(mailRoot: mailRoot), nextUID: 1,
+            let header = UIDList.Header(uidValidity: try UIDValidity.next(mailRoot: mailRoot, options: uidValidityLock), nextUID: 1,
                                         guid: hexString(randomBytes(16)))
             var list = UIDList(header: header)
             let uids = list.appending(stems)
-            try Files.replace(path, with: list.serialized())
+            try replaceLocked(list.serialized())
             return uids
         }
         var handedOver = false
@@ -240,11 +242,13 @@ public struct UIDListFile: Sendable {
         guard let (header, lastUID, tail) = try readEnds(fd, size: size) else {
             // A torn last line or a header we cannot read from the ends alone: parse everything
             // and rewrite whole, keeping every mapping we can read.
-            return try rewriteAppending(stems)
+            return try rewriteAppending(stems, uidValidityLock: uidValidityLock)
         }
         // The stems are new files moved into new/ under this lock, so no record names them yet;
         // the records read for the last UID are checked all the same (a retry of a round).
-        if stems.contains(where: { UIDListFile.names($0, in: tail) }) { return try rewriteAppending(stems) }
+        if stems.contains(where: { UIDListFile.names($0, in: tail) }) {
+            return try rewriteAppending(stems, uidValidityLock: uidValidityLock)
+        }
         var next = max(header.nextUID, lastUID + 1)
         var text = ""
         var uids: [UInt32] = []
@@ -319,8 +323,10 @@ public struct UIDListFile: Sendable {
         }
     }
 
-    private func rewriteAppending(_ stems: [String]) throws -> [UInt32] {
-        guard let bytes = try Files.read(path, limit: 1 << 30) else { return try appendLocked(stems) }
+    private func rewriteAppending(_ stems: [String], uidValidityLock: DotLock.Options) throws -> [UInt32] {
+        guard let bytes = try Files.read(path, limit: 1 << 30) else {
+            return try appendLocked(stems, uidValidityLock: uidValidityLock)
+        }
         var lines = bytes.split(separator: 10, omittingEmptySubsequences: false).map { Array($0) }
         if bytes.last != 10, !lines.isEmpty {
             Log.warning("\(path): dropping torn last line \"\(Names.printable(String(decoding: lines.last!, as: UTF8.self)))\"")
@@ -334,8 +340,33 @@ public struct UIDListFile: Sendable {
         }
         if list.header.version < 3 { list.header.version = 3 }
         let uids = list.appending(stems)
-        try Files.replace(path, with: list.serialized())
+        try replaceLocked(list.serialized())
         return uids
+    }
+
+    /// Replaces the list with `bytes`, the caller holding the lock: `dovecot-uidlist.tmp` (a
+    /// fixed name: only the lock holder writes it), fdatasync, rename over the list (a new
+    /// inode, which Dovecot's cache notices), fsync of the folder.
+    func replaceLocked(_ bytes: [UInt8]) throws {
+        let tmp = "\(path).tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, Files.fileMode)
+        if fd < 0 { throw NestboxFailure.system("create", tmp) }
+        do {
+            try Files.writeAll(fd, bytes, path: tmp)
+            try Files.fdatasync(fd, path: tmp)
+            try Files.close(fd, path: tmp)
+        } catch {
+            close(fd)
+            Files.removeQuietly(tmp)
+            throw error
+        }
+        do {
+            try Files.rename(tmp, path)
+        } catch {
+            Files.removeQuietly(tmp)
+            throw error
+        }
+        try Files.fsyncDirectory(folder)
     }
 }
 
@@ -365,9 +396,9 @@ extension UIDList {
 /// `dovecot-uidvalidity.<value>`. The first value is the current time; each new folder gets
 /// the next one.
 public enum UIDValidity {
-    public static func next(mailRoot: String) throws -> UInt32 {
+    public static func next(mailRoot: String, options: DotLock.Options = DotLock.Options()) throws -> UInt32 {
         let path = "\(mailRoot)/dovecot-uidvalidity"
-        let lock = try DotLock.acquire("\(path).lock", watching: [path])
+        let lock = try DotLock.acquire("\(path).lock", watching: [path], options: options)
         defer { lock.release() }
         var value = UInt32(truncatingIfNeeded: Int(wallSeconds()))
         var old: UInt32? = nil

@@ -46,19 +46,22 @@ import NestboxSupport
 public final class UIDListSession {
     public let folder: Folder
     public let file: UIDListFile
+    /// The lock policy the session was begun with, also used for `dovecot-uidvalidity.lock`.
+    public let options: DotLock.Options
     private var lock: DotLock?
 
     /// Takes the folder's uidlist lock, waiting as `options` say.
     public static func begin(_ folder: Folder, options: DotLock.Options) throws -> UIDListSession {
         let file = folder.uidList
         let lock = try file.lock(options: options)
-        return UIDListSession(folder: folder, file: file, lock: lock)
+        return UIDListSession(folder: folder, file: file, lock: lock, options: options)
     }
 
-    private init(folder: Folder, file: UIDListFile, lock: DotLock) {
+    private init(folder: Folder, file: UIDListFile, lock: DotLock, options: DotLock.Options) {
         self.folder = folder
         self.file = file
         self.lock = lock
+        self.options = options
     }
 
     deinit { finish() }
@@ -88,7 +91,7 @@ public final class UIDListSession {
     /// creates the list with a fresh UIDVALIDITY if there is none.
     public func append(_ stems: [String]) throws -> [UInt32] {
         requireOpen()
-        return try file.appendLocked(stems)
+        return try file.appendLocked(stems, uidValidityLock: options)
     }
 
     /// Replaces the list with `list`, through `dovecot-uidlist.tmp`, fdatasync and rename. Refused
@@ -109,7 +112,7 @@ public final class UIDListSession {
         try UIDListSession.validate(list, path: file.path)
         if list.header.version < 3 { list.header.version = 3 }
         list.header.nextUID = list.nextUID
-        try writeThroughTemporary(list.serialized())
+        try file.replaceLocked(list.serialized())
     }
 
     /// Removes the records of `uids` (those the list holds), keeping every other record, the
@@ -140,30 +143,6 @@ public final class UIDListSession {
         } catch let corrupt as UIDList.Corrupt {
             throw NestboxFailure(.temporary, "\(path): rewrite refused: \(corrupt)")
         }
-    }
-
-    /// `dovecot-uidlist.tmp` (a fixed name: only the lock holder writes it), fdatasync, rename
-    /// over the list (a new inode, which Dovecot's cache notices), fsync of the folder.
-    private func writeThroughTemporary(_ bytes: [UInt8]) throws {
-        let tmp = "\(file.path).tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, Files.fileMode)
-        if fd < 0 { throw NestboxFailure.system("create", tmp) }
-        do {
-            try Files.writeAll(fd, bytes, path: tmp)
-            try Files.fdatasync(fd, path: tmp)
-            try Files.close(fd, path: tmp)
-        } catch {
-            close(fd)
-            Files.removeQuietly(tmp)
-            throw error
-        }
-        do {
-            try Files.rename(tmp, file.path)
-        } catch {
-            Files.removeQuietly(tmp)
-            throw error
-        }
-        try Files.fsyncDirectory(folder.path)
     }
 }
 
