@@ -6,12 +6,16 @@
 //   strictly increasing, or a name is empty or has a `/`. So: N is never lowered, a V is never
 //   reused with another mapping, and records are only ever appended in ascending UID order.
 // - Readers take no lock; writers hold `dovecot-uidlist.lock` (DotLock, Dovecot's rules).
-// - An append writes whole lines at the end and fdatasyncs; the header is not rewritten (the
-//   effective next UID is max(N, last UID + 1), which is also how Dovecot reads it).
-// - A rewrite goes through `dovecot-uidlist.tmp` and rename(), so that Dovecot, which caches by
-//   inode, size and mtime, sees a new file.
-// - Appending only needs the header line and the last record, so it reads the first and the last
-//   few KiB of the file: delivery stays O(1) as a folder grows to 100k messages.
+// - An append writes whole lines at the end (a failed write is cut off again); the header is
+//   not rewritten (the effective next UID is max(N, last UID + 1), which is also how Dovecot
+//   reads it). The group commit fdatasyncs after releasing the lock (GroupCommit.swift).
+// - A rewrite writes a temporary file `dovecot-uidlist.tmp.<pid>.<n>` beside the list, fsyncs
+//   it and renames it over the list (Files.replace), so that Dovecot, which caches by inode,
+//   size and mtime, sees a new file, and a crash leaves the old list or the new one.
+// - Appending only needs the header line and the last records, so it reads the first and the
+//   last few KiB of the file: delivery stays O(1) as a folder grows to 100k messages. A stem
+//   the list already names is never given a second record (the last records are searched; a
+//   hit falls back to a full rewrite, which keeps the existing record).
 // - Records name files by their stem (the part before `:`); old files with full names are
 //   matched on that part too.
 
