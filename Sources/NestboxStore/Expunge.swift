@@ -3,8 +3,10 @@
 //
 // In this order, all under the folder's uidlist lock (UIDListSession.swift):
 // 1. scan new/ and cur/ and choose the messages (by UID, or by a predicate such as \Deleted);
-// 2. unlink their files, then fsync new/ and cur/; a file already gone was removed (and
-//    uncounted) by someone else and is not counted again;
+// 2. unlink their files, then fsync new/ and cur/. Dovecot renames files to change flags
+//    without the uidlist lock, so a file not found under its scanned name is looked for again by
+//    its stem in new/ and cur/; one that is really gone was removed (and uncounted) by someone
+//    else and is not counted again;
 // 3. rewrite dovecot-uidlist without their records (through dovecot-uidlist.tmp and rename;
 //    N unchanged, so the UIDs are never given again);
 // 4. append the negative delta `-<bytes> -<count>` to the mail root's maildirsize in one
@@ -54,17 +56,20 @@ extension Folder {
         var bytes: Int64 = 0
         var touched: Set<String> = []
         for m in scan.messages where predicate(m) {
-            if unlink(m.path) != 0 {
-                if errno == ENOENT { continue }
-                throw NestboxFailure.system("unlink", m.path)
-            }
+            guard let gonePath = try unlinkMessage(m) else { continue }
+            var m = m
+            m.path = gonePath
+            m.subdirectory = Files.baseName(Files.directoryName(gonePath))
+            m.name = MaildirName(Files.baseName(gonePath))
             removed.append(m)
             bytes += m.name.size ?? max(m.size, 0)
             touched.insert(m.subdirectory)
         }
         for sub in touched.sorted() { try Files.fsyncDirectory("\(path)/\(sub)") }
-        var uids = wanted
-        for m in removed { if let uid = m.uid { uids.insert(uid) } }
+        // Records to drop: those of the files removed here, and those of requested UIDs whose
+        // file was already missing (never one whose file still exists under another name).
+        var uids = Set(removed.compactMap(\.uid))
+        for r in scan.missingFiles where wanted.contains(r.uid) { uids.insert(r.uid) }
         let records = try session.remove(uids: uids)
         let count = Int64(removed.count)
         if count > 0 {
@@ -75,5 +80,24 @@ extension Folder {
             }
         }
         return ExpungeResult(removed: removed, records: records, bytes: bytes, count: count)
+    }
+
+    /// Unlinks `m`'s file, following a rename by its stem (a few times at most); returns the
+    /// path removed, nil if the file is gone.
+    func unlinkMessage(_ m: ScannedMessage) throws -> String? {
+        var candidate: String? = m.path
+        for _ in 0..<3 {
+            guard let p = candidate else { return nil }
+            if unlink(p) == 0 { return p }
+            guard errno == ENOENT else { throw NestboxFailure.system("unlink", p) }
+            candidate = nil
+            for sub in ["new", "cur"] {
+                if let n = try Files.list("\(path)/\(sub)")?.first(where: { MaildirName($0).stem == m.name.stem }) {
+                    candidate = "\(path)/\(sub)/\(n)"
+                    break
+                }
+            }
+        }
+        return nil
     }
 }

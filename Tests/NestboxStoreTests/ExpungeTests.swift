@@ -81,3 +81,18 @@ final class ExpungeTests: TempDirTestCase {
         XCTAssertTrue(TestFS.exists("\(folder.path)/new/\(stems[0])"), "nothing removed without the lock")
     }
 }
+
+extension ExpungeTests {
+    /// Dovecot renames a file (a flag change) without the uidlist lock: the expunge follows the
+    /// stem to the new name, and a requested UID whose file still exists keeps its record.
+    func testFollowsAFileRenamedAfterTheScan() throws {
+        let (folder, stems) = try populated(quota: true)
+        let scan = try FolderScan.scan(folder, readFiles: false)
+        let m = try XCTUnwrap(scan.messages.first { $0.uid == 1 })
+        rename(m.path, "\(folder.path)/cur/\(stems[0]):2,S")
+        XCTAssertEqual(try folder.unlinkMessage(m), "\(folder.path)/cur/\(stems[0]):2,S")
+        XCTAssertEqual(TestFS.list("\(folder.path)/cur").filter { $0.hasPrefix(stems[0]) }, [])
+        XCTAssertNil(try folder.unlinkMessage(m), "gone everywhere: nil, nothing thrown")
+    }
+
+}
