@@ -64,7 +64,7 @@ public struct Delivery: Sendable {
     public init(store: MailStore) {
         self.store = store
         duplicates = store.config.duplicateSuppression
-            ? DuplicateDB(directory: "\(store.root)/.nestbox/duplicates", expiry: store.config.duplicateExpire) : nil
+            ? DuplicateDB(directory: store.duplicatesDirectory, expiry: store.config.duplicateExpire) : nil
     }
 
     // MARK: Resolving

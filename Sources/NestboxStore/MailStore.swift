@@ -55,14 +55,18 @@ public struct MailStore: Sendable {
         self.config = config
     }
 
-    public var spoolDirectory: String { "\(root)/.nestbox/spool" }
+    /// Nestbox's own area below the mail root (never a user: names starting with `.` are not).
+    public var internalDirectory: String { "\(root)/.nestbox" }
+    public var spoolDirectory: String { "\(internalDirectory)/spool" }
+    /// The duplicate suppression records (DuplicateDB.swift).
+    public var duplicatesDirectory: String { "\(internalDirectory)/duplicates" }
     /// Where mailboxes are built before they are renamed into place.
-    public var creationDirectory: String { "\(root)/.nestbox/create" }
+    public var creationDirectory: String { "\(internalDirectory)/create" }
 
     /// Makes the mail root and the internal directories if they are missing.
     public func prepare() throws {
         try makeParents(root)
-        try Files.makeDirectory("\(root)/.nestbox")
+        try Files.makeDirectory(internalDirectory)
         try Files.makeDirectory(spoolDirectory)
         try Files.makeDirectory(creationDirectory)
     }
