@@ -84,7 +84,7 @@ final class ExpungeTests: TempDirTestCase {
 
 extension ExpungeTests {
     /// Dovecot renames a file (a flag change) without the uidlist lock: the expunge follows the
-    /// stem to the new name, and a requested UID whose file still exists keeps its record.
+    /// stem to its new name.
     func testFollowsAFileRenamedAfterTheScan() throws {
         let (folder, stems) = try populated(quota: true)
         let scan = try FolderScan.scan(folder, readFiles: false)
@@ -94,5 +94,4 @@ extension ExpungeTests {
         XCTAssertEqual(TestFS.list("\(folder.path)/cur").filter { $0.hasPrefix(stems[0]) }, [])
         XCTAssertNil(try folder.unlinkMessage(m), "gone everywhere: nil, nothing thrown")
     }
-
 }

@@ -93,3 +93,22 @@ final class MailboxNameTests: TempDirTestCase {
         }
     }
 }
+
+extension MailboxNameTests {
+    /// The configuration keys carry through: unixhierarchysep, virtdomains, defaultdomain.
+    func testFromConfiguration() throws {
+        MailRootFixture.make(dir)
+        let config = try NamesTests.config([("partition-default", dir), ("unixhierarchysep", "no"),
+                                            ("virtdomains", "userid"), ("defaultdomain", "example.com")])
+        let names = MailboxNames(config: config)
+        try check(names, [
+            ("user.alice.Lists", ["user.alice.Lists"], #line),
+            ("user.carol.Sent@example.org", ["user.carol.Sent@example.org"], #line),
+            ("alice@example.com", ["user.alice"], #line),
+        ])
+        let resolved = try XCTUnwrap(try names.resolve("user.carol.Sent@example.org").first)
+        XCTAssertEqual(resolved.folder.path, "\(dir)/domain/example.org/carol/.Sent")
+        XCTAssertEqual(resolved.folder.mailRoot, "\(dir)/domain/example.org/carol")
+        XCTAssertEqual(resolved.owner.address, "carol@example.org")
+    }
+}
