@@ -17,6 +17,8 @@
 //   files: taken only to hand out a new UIDVALIDITY when a folder's list is first created,
 //   always inside that folder's uidlist lock (never the other way round).
 // - `subscriptions.lock` (per mail root) covers `subscriptions`, rewritten by rename.
+// - `dovecot-acl.lock` (per folder) covers `dovecot-acl`; Nestbox only reads ACLs so far (no
+//   lock), a tool that writes one takes it and renames a temporary file over.
 // - `maildirsize` has no lock: deltas are appended with O_APPEND in one write each (Maildir++
 //   is made for that) and a recalculation replaces the whole file by rename. A delivery appends
 //   its `+` delta under the uidlist lock, just before the move; an expunge appends its `-`
