@@ -56,6 +56,7 @@ extension Folder {
         var bytes: Int64 = 0
         var touched: Set<String> = []
         for m in scan.messages where predicate(m) {
+            session.keepAlive()
             guard let gonePath = try unlinkMessage(m) else { continue }
             var m = m
             m.path = gonePath

@@ -75,6 +75,7 @@ public struct FolderScan: Equatable, Sendable {
         for sub in ["new", "cur"] {
             let dir = "\(folder.path)/\(sub)"
             for fileName in try Files.list(dir) ?? [] where MaildirName.isMessageName(fileName) {
+                session?.keepAlive()
                 let name = MaildirName(fileName)
                 let path = "\(dir)/\(fileName)"
                 guard let st = try Files.status(path), (st.st_mode & S_IFMT) == S_IFREG else { continue }

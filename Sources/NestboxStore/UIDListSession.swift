@@ -32,7 +32,7 @@
 //
 // Tools (reconstruct, purge, quota, admin) hold a folder's uidlist lock, through a
 // `UIDListSession`, for the whole of any change to that folder's files, list or keywords, and
-// touch it every 10 s during long work; they give the lock policy (`lock_timeout`) explicitly.
+// touch it every 10 s during long work (`keepAlive()`); they give the lock policy (`lock_timeout`) explicitly.
 // A session is begun and finished explicitly (`finish()` is also run on deinit, as a net).
 
 #if canImport(Glibc)
@@ -76,8 +76,16 @@ public final class UIDListSession {
         lock = nil
     }
 
-    /// Marks the lock alive during long work (every 10 s at most).
-    public func touch() { lock?.touch() }
+    private var lastTouch = monotonicSeconds()
+
+    /// Marks the lock alive during long work: call it as often as convenient (on every file);
+    /// it touches the lock once 10 s have passed since the last time (Dovecot's rhythm).
+    public func keepAlive() {
+        let now = monotonicSeconds()
+        guard now - lastTouch >= 10 else { return }
+        lastTouch = now
+        lock?.touch()
+    }
 
     private func requireOpen() {
         precondition(lock != nil, "uidlist session of \(folder.path) used after finish()")

@@ -107,3 +107,17 @@ final class UIDListSessionTests: TempDirTestCase {
         XCTAssertEqual(try folder.uidList.read()?.records.map(\.uid), [1, 3])
     }
 }
+
+extension UIDListSessionTests {
+    /// keepAlive touches the lock only once 10 s have passed: calling it on every file costs
+    /// nothing, and a long holder is never judged stale.
+    func testKeepAliveIsRateLimited() throws {
+        let folder = try MaintenanceFixture.inbox(dir)
+        let session = try folder.beginUIDListSession(options: policy)
+        defer { session.finish() }
+        TestFS.age(folder.uidList.lockPath, by: 60)
+        let aged = try XCTUnwrap(try Files.status(folder.uidList.lockPath)).st_mtim.tv_sec
+        session.keepAlive()
+        XCTAssertEqual(try Files.status(folder.uidList.lockPath)?.st_mtim.tv_sec, aged, "not yet 10 s since begin")
+    }
+}
