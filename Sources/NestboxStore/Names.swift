@@ -22,18 +22,7 @@ public enum Names {
     }
 
     /// A safe rendering for logs: control characters and non-ASCII as \xNN, cut at 100 bytes.
-    public static func printable(_ s: String) -> String {
-        var out = ""
-        for b in s.utf8.prefix(100) {
-            if b < 0x20 || b >= 0x7f || b == UInt8(ascii: "\\") || b == UInt8(ascii: "\"") {
-                let hex = Array("0123456789abcdef")
-                out += "\\x" + String(hex[Int(b >> 4)]) + String(hex[Int(b & 15)])
-            } else {
-                out.unicodeScalars.append(Unicode.Scalar(b))
-            }
-        }
-        return s.utf8.count > 100 ? out + "..." : out
-    }
+    public static func printable(_ s: String) -> String { NestboxSupport.printable(s) }
 
     private static func checkCommon(_ what: String, _ name: String) throws {
         if name.isEmpty { throw invalid(what, name, "empty") }

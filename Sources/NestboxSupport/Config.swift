@@ -5,6 +5,12 @@
 //
 // Where the file comes from: `-C file`, else $NESTBOX_CONF, else /etc/nestbox/nestbox.conf if it
 // exists, else nothing (the built-in defaults). `-o key=value` overrides any of them.
+//
+// What a value must look like is carried by the key table, never by the key's name in code: the
+// key's kind says how it is written (a number, yes/no, a duration...) and its rules what it may
+// be (a minimum, an absolute path, one of a few words, loopback addresses only). A new key is a
+// row; typed accessors for the keys only one component reads live next to that component (the
+// LMTP keys' in NestboxLMTP).
 
 #if canImport(Glibc)
 import Glibc
@@ -15,20 +21,44 @@ import Musl
 public struct Config: Sendable {
     public static let defaultPath = "/etc/nestbox/nestbox.conf"
 
-    public enum Kind: Sendable { case string, bool, integer, virtdomains, facility, duration, octal, listeners }
+    /// How a value is written.
+    public enum Kind: Sendable { case string, bool, integer, facility, duration, octal, listeners }
+
+    /// What a well-written value must also be; checked in this order after the kind.
+    public enum Rule: Sendable, Equatable {
+        /// An integer of at least this.
+        case minimum(Int64)
+        /// A path starting with `/`.
+        case absolutePath
+        /// One of these words, in any case.
+        case oneOf([String], shown: String)
+        /// Listeners on loopback addresses only.
+        case loopbackOnly
+    }
 
     public struct Key: Sendable {
         public let name: String
         public let kind: Kind
         public let defaultValue: String
         public let summary: String
+        public let rules: [Rule]
+
+        public init(name: String, kind: Kind, defaultValue: String, summary: String, rules: [Rule] = []) {
+            self.name = name
+            self.kind = kind
+            self.defaultValue = defaultValue
+            self.summary = summary
+            self.rules = rules
+        }
     }
 
     /// Every key, its default and one line of meaning (the README and nestbox.conf(5) list the same).
     public static let keys: [Key] = [
-        Key(name: "partition-default", kind: .string, defaultValue: "/var/spool/nestbox", summary: "the mail root: users' Maildirs live below it"),
+        Key(name: "partition-default", kind: .string, defaultValue: "/var/spool/nestbox", summary: "the mail root: users' Maildirs live below it",
+            rules: [.absolutePath]),
         Key(name: "unixhierarchysep", kind: .bool, defaultValue: "yes", summary: "`/` separates folder levels in names given to Nestbox (else `.`)"),
-        Key(name: "virtdomains", kind: .virtdomains, defaultValue: "off", summary: "`off`: the recipient's domain is ignored; `userid`/`on`: mail is kept per domain"),
+        Key(name: "virtdomains", kind: .string, defaultValue: "off", summary: "`off`: the recipient's domain is ignored; `userid`/`on`: mail is kept per domain",
+            rules: [.oneOf(["off", "userid", "on", "no", "yes", "0", "1", "false", "true"], shown: "off, userid or on")]),
         Key(name: "defaultdomain", kind: .string, defaultValue: "", summary: "with virtdomains, the domain whose users live in the domain-less area"),
         Key(name: "mail_owner", kind: .string, defaultValue: "vmail", summary: "the account that owns the spool; programs started as root switch to it"),
         Key(name: "servername", kind: .string, defaultValue: "", summary: "host name in Received: lines and Maildir file names (empty: gethostname)"),
@@ -36,10 +66,13 @@ public struct Config: Sendable {
         Key(name: "lmtp_downcase_rcpt", kind: .bool, defaultValue: "yes", summary: "lowercase a recipient's local part and domain (never the +detail)"),
         Key(name: "lmtp_over_quota_perm_failure", kind: .bool, defaultValue: "no", summary: "over quota is permanent (5.2.2, exit 73) instead of temporary (4.2.2, exit 75)"),
         Key(name: "lmtp_strict_quota", kind: .bool, defaultValue: "no", summary: "the incoming message's size counts when checking the quota"),
-        Key(name: "maxmessagesize", kind: .integer, defaultValue: "0", summary: "largest message accepted, in bytes; 0: no limit of our own"),
+        Key(name: "maxmessagesize", kind: .integer, defaultValue: "0", summary: "largest message accepted, in bytes; 0: no limit of our own",
+            rules: [.minimum(0)]),
         Key(name: "autocreate_post", kind: .bool, defaultValue: "no", summary: "create a missing INBOX on first delivery (needs autocreate_quota >= 0)"),
-        Key(name: "autocreate_quota", kind: .integer, defaultValue: "-1", summary: "storage limit of an autocreated INBOX in KiB; 0: unlimited; -1: no autocreate"),
-        Key(name: "autocreate_quota_messages", kind: .integer, defaultValue: "-1", summary: "message limit of an autocreated INBOX; 0 or -1: unlimited"),
+        Key(name: "autocreate_quota", kind: .integer, defaultValue: "-1", summary: "storage limit of an autocreated INBOX in KiB; 0: unlimited; -1: no autocreate",
+            rules: [.minimum(-1)]),
+        Key(name: "autocreate_quota_messages", kind: .integer, defaultValue: "-1", summary: "message limit of an autocreated INBOX; 0 or -1: unlimited",
+            rules: [.minimum(-1)]),
         Key(name: "autocreate_inbox_folders", kind: .string, defaultValue: "", summary: "`|`-separated folders created (and subscribed) with a new INBOX"),
         Key(name: "duplicatesuppression", kind: .bool, defaultValue: "yes", summary: "store a message (same Message-ID and Date) only once per mailbox"),
         Key(name: "duplicate_expire", kind: .duration, defaultValue: "3d", summary: "how long a delivery is remembered for duplicate suppression (`s`, `m`, `h`, `d`, `w`)"),
@@ -47,11 +80,12 @@ public struct Config: Sendable {
         Key(name: "lmtpsocket_mode", kind: .octal, defaultValue: "0660", summary: "mode of the LMTP socket"),
         Key(name: "lmtpsocket_owner", kind: .string, defaultValue: "", summary: "owner of the LMTP socket (empty: mail_owner)"),
         Key(name: "lmtpsocket_group", kind: .string, defaultValue: "", summary: "group of the LMTP socket, e.g. postfix (empty: the owner's group)"),
-        Key(name: "lmtp_listen", kind: .listeners, defaultValue: "", summary: "TCP listeners of nestbox-lmtpd, `host:port` separated by spaces; loopback addresses only"),
-        Key(name: "lmtp_max_connections", kind: .integer, defaultValue: "100", summary: "concurrent LMTP sessions; more are told `421 4.3.2` and closed"),
-        Key(name: "lmtp_idle_timeout", kind: .integer, defaultValue: "300", summary: "seconds an LMTP session may stay silent before `421 4.4.2`"),
-        Key(name: "lmtp_max_recipients", kind: .integer, defaultValue: "500", summary: "recipients per LMTP transaction; more get `452 4.5.3`"),
-        Key(name: "lock_timeout", kind: .integer, defaultValue: "122", summary: "seconds to wait for a mailbox lock before a temporary failure (Dovecot waits 122)"),
+        Key(name: "lmtp_listen", kind: .listeners, defaultValue: "", summary: "TCP listeners of nestbox-lmtpd, `host:port` separated by spaces; loopback addresses only",
+            rules: [.loopbackOnly]),
+        Key(name: "lmtp_max_connections", kind: .integer, defaultValue: "100", summary: "concurrent LMTP sessions; more are told `421 4.3.2` and closed", rules: [.minimum(1)]),
+        Key(name: "lmtp_idle_timeout", kind: .integer, defaultValue: "300", summary: "seconds an LMTP session may stay silent before `421 4.4.2`", rules: [.minimum(1)]),
+        Key(name: "lmtp_max_recipients", kind: .integer, defaultValue: "500", summary: "recipients per LMTP transaction; more get `452 4.5.3`", rules: [.minimum(1)]),
+        Key(name: "lock_timeout", kind: .integer, defaultValue: "122", summary: "seconds to wait for a mailbox lock before a temporary failure (Dovecot waits 122)", rules: [.minimum(1)]),
         Key(name: "syslog_facility", kind: .facility, defaultValue: "mail", summary: "syslog facility of log lines"),
     ]
 
@@ -101,15 +135,9 @@ public struct Config: Sendable {
     }
     public var duplicateSuppression: Bool { bool("duplicatesuppression") }
     public var duplicateExpire: Double { Config.parseDuration(string("duplicate_expire"))! }
-    public var lmtpSocket: String { string("lmtpsocket") }
-    public var lmtpSocketMode: Int { Int(string("lmtpsocket_mode"), radix: 8)! }
-    public var lmtpSocketOwner: String { string("lmtpsocket_owner").isEmpty ? mailOwner : string("lmtpsocket_owner") }
-    public var lmtpSocketGroup: String { string("lmtpsocket_group") }
-    public var lmtpListeners: [Listener] { string("lmtp_listen").split(separator: " ").compactMap { Listener.parse(String($0)) } }
-    public var lmtpMaxConnections: Int { Int(integer("lmtp_max_connections")) }
-    public var lmtpIdleTimeout: Int64 { integer("lmtp_idle_timeout") }
-    public var lmtpMaxRecipients: Int { Int(integer("lmtp_max_recipients")) }
     public var lockTimeout: Double { Double(integer("lock_timeout")) }
+    /// The locks' wait, as a value to pass down (see Tool.lockPolicy).
+    public var lockPolicy: DotLock.Options { DotLock.Options(timeout: lockTimeout) }
     public var syslogFacility: Int32 { Log.facility(named: string("syslog_facility"))! }
 
     // MARK: Loading
@@ -179,17 +207,8 @@ public struct Config: Sendable {
                 throw ParseError(file: file, line: line, reason: "\(key): expected yes/no, on/off, true/false or 1/0, got \"\(value)\"")
             }
         case .integer:
-            guard let n = Int64(value), n >= -1 else {
+            guard Int64(value) != nil else {
                 throw ParseError(file: file, line: line, reason: "\(key): expected a whole number, got \"\(value)\"")
-            }
-            let minimum: Int64 = key.hasPrefix("autocreate_quota") ? -1 : (key == "maxmessagesize" ? 0 : 1)
-            if n < minimum {
-                throw ParseError(file: file, line: line, reason: "\(key): must be \(minimum) or more")
-            }
-        case .virtdomains:
-            let v = value.lowercased()
-            guard ["off", "userid", "on", "no", "yes", "0", "1", "false", "true"].contains(v) else {
-                throw ParseError(file: file, line: line, reason: "\(key): expected off, userid or on, got \"\(value)\"")
             }
         case .duration:
             guard Config.parseDuration(value) != nil else {
@@ -200,23 +219,33 @@ public struct Config: Sendable {
                 throw ParseError(file: file, line: line, reason: "\(key): expected an octal mode like 0660, got \"\(value)\"")
             }
         case .listeners:
-            for item in value.split(separator: " ") {
-                guard let l = Listener.parse(String(item)) else {
-                    throw ParseError(file: file, line: line, reason: "\(key): expected host:port, got \"\(item)\"")
-                }
-                guard l.isLoopback else {
-                    throw ParseError(file: file, line: line, reason: "\(key): \(item) is not a loopback address (LMTP has no authentication here)")
-                }
+            for item in value.split(separator: " ") where Listener.parse(String(item)) == nil {
+                throw ParseError(file: file, line: line, reason: "\(key): expected host:port, got \"\(item)\"")
             }
         case .facility:
             guard Log.facility(named: value) != nil else {
                 throw ParseError(file: file, line: line, reason: "\(key): unknown syslog facility \"\(value)\"")
             }
         }
-        if key == "partition-default" && !value.hasPrefix("/") {
-            throw ParseError(file: file, line: line, reason: "\(key): must be an absolute path, got \"\(value)\"")
+        if let reason = spec.rules.lazy.compactMap({ Config.broken($0, value) }).first {
+            throw ParseError(file: file, line: line, reason: "\(key): \(reason)")
         }
         values[key] = value
+    }
+
+    /// Why `value` (already of the key's kind) breaks `rule`; nil if it keeps it.
+    static func broken(_ rule: Rule, _ value: String) -> String? {
+        switch rule {
+        case .minimum(let minimum):
+            return Int64(value).map { $0 < minimum } == true ? "must be \(minimum) or more" : nil
+        case .absolutePath:
+            return value.hasPrefix("/") ? nil : "must be an absolute path, got \"\(value)\""
+        case .oneOf(let words, let shown):
+            return words.contains(value.lowercased()) ? nil : "expected \(shown), got \"\(value)\""
+        case .loopbackOnly:
+            let outside = value.split(separator: " ").first { Listener.parse(String($0))?.isLoopback == false }
+            return outside.map { "\($0) is not a loopback address (LMTP has no authentication here)" }
+        }
     }
 
     public static func parseBool(_ value: String) -> Bool? {

@@ -14,105 +14,54 @@ import NestboxLMTP
 import NestboxStore
 import NestboxSupport
 
-let program = "nestbox-deliver"
-let version = "0.1.0"
+let spec = OptionSpec(
+    program: "nestbox-deliver", version: "0.1.0", operands: "user...",
+    otherForms: ["[options] -m folder        (deliver into a shared folder)"],
+    summary: "Reads one message on standard input and delivers it to each user's Maildir.",
+    options: [
+        Tool.configFile,
+        Tool.override,
+        .value("r", "f", name: "sender", "addr", help: "envelope sender; becomes Return-Path: (\"\", <> and MAILER-DAEMON mean <>)"),
+        .value("m", name: "folder", "folder", help: "deliver into this folder if it exists and the identity may post to it"),
+        .value("a", name: "authid", "authid", help: "identity checked for the p (post) right (default: anonymous)"),
+        .flag("q", name: "ignore-quota", help: "ignore quota"),
+        Tool.logToStandardError,
+        .flag("d", "e", name: "ignored", help: "ignored (compatibility with Cyrus deliver)"),
+        .flag("l", name: "lmtp", help: "speak LMTP on standard input/output (as nestbox-lmtpd -i)"),
+    ],
+    epilogue: """
+    Exit status: 0 delivered, 64 usage, 65 bad message, 67 unknown user, 73 permanent refusal,
+    75 temporary failure, 77 no permission, 78 configuration error (see nestbox-deliver(8)).
+    """)
 
-let usageText = """
-usage: nestbox-deliver [-C file] [-o key=value]... [-d] [-e] [-q] [-L] [-r address | -f address]
-                       [-m folder] [-a authid] user...
-       nestbox-deliver [options] -m folder        (deliver into a shared folder)
-       nestbox-deliver --help | --version
-Reads one message on standard input and delivers it to each user's Maildir.
-  -C file      configuration file (default: $NESTBOX_CONF, else /etc/nestbox/nestbox.conf)
-  -o key=value override one configuration key (repeatable)
-  -r, -f addr  envelope sender; becomes Return-Path: ("", <> and MAILER-DAEMON mean <>)
-  -m folder    deliver into this folder if it exists and the identity may post to it
-  -a authid    identity checked for the p (post) right (default: anonymous)
-  -q           ignore quota
-  -L           log to standard error instead of syslog
-  -d, -e       ignored (compatibility with Cyrus deliver)
-  -l           speak LMTP on standard input/output (as nestbox-lmtpd -i)
-Exit status: 0 delivered, 64 usage, 65 bad message, 67 unknown user, 73 permanent refusal,
-75 temporary failure, 77 no permission, 78 configuration error (see nestbox-deliver(8)).
+let tool = Tool(spec, reporting: .dsnLine).start()
+let config = tool.config
 
-"""
-
+/// What the command line asks of the delivery.
 struct Options {
-    var configPath: String?
-    var overrides: [String] = []
     var sender: String?
     var folder: String?
     var authID: String?
-    var ignoreQuota = false
-    var logToStderr = false
-    var lmtp = false
-    var users: [String] = []
+    var ignoreQuota: Bool
+    var lmtp: Bool
+    var users: [String]
+
+    init(_ parsed: ParsedOptions) {
+        sender = parsed.value("sender")
+        // pipe(8) passes -m "" for an address without an extension: that is INBOX.
+        folder = parsed.value("folder").flatMap { $0.isEmpty ? nil : $0 }
+        authID = parsed.value("authid")
+        ignoreQuota = parsed.has("ignore-quota")
+        lmtp = parsed.has("lmtp")
+        users = parsed.operands
+    }
 }
+let options = Options(tool.options)
 
 /// Prints the DSN line on stdout (for pipe(8)), the detail on stderr when someone is looking,
 /// and exits with the row's code.
 func finish(_ outcome: Outcome, detail: String? = nil, logged: Bool = false) -> Never {
-    if !outcome.isSuccess {
-        var line = outcome.dsnLine
-        if let detail, !logged { line += ": " + detail }
-        print(line)
-        if let detail, isatty(2) != 0 { fputs("\(program): \(detail)\n", stderr) }
-    }
-    fflush(stdout)
-    exit(outcome.exitCode)
-}
-
-func parseArguments(_ args: [String]) throws -> Options {
-    var o = Options()
-    var i = 0
-    func value(_ flag: Character, _ rest: Substring) throws -> String {
-        if !rest.isEmpty { return String(rest) }
-        i += 1
-        guard i < args.count else { throw NestboxFailure(.usage, "option -\(flag) needs a value") }
-        return args[i]
-    }
-    while i < args.count {
-        let arg = args[i]
-        if arg == "--help" || arg == "-h" {
-            fputs(usageText, stdout)
-            exit(0)
-        }
-        if arg == "--version" {
-            print("\(program) \(version)")
-            exit(0)
-        }
-        if arg == "--" {
-            o.users += args[(i + 1)...]
-            break
-        }
-        guard arg.hasPrefix("-"), arg.count > 1 else {
-            o.users.append(arg)
-            i += 1
-            continue
-        }
-        var rest = arg.dropFirst()
-        while let flag = rest.first {
-            rest = rest.dropFirst()
-            switch flag {
-            case "d", "e": break
-            case "q": o.ignoreQuota = true
-            case "L": o.logToStderr = true
-            case "l": o.lmtp = true
-            case "C": o.configPath = try value(flag, rest); rest = ""
-            case "o": o.overrides.append(try value(flag, rest)); rest = ""
-            case "r", "f": o.sender = try value(flag, rest); rest = ""
-            case "m":
-                // pipe(8) passes -m "" for an address without an extension: that is INBOX.
-                let folder = try value(flag, rest)
-                o.folder = folder.isEmpty ? nil : folder
-                rest = ""
-            case "a": o.authID = try value(flag, rest); rest = ""
-            default: throw NestboxFailure(.usage, "unknown option -\(Names.printable(String(flag)))")
-            }
-        }
-        i += 1
-    }
-    return o
+    tool.finish(outcome, detail: detail, logged: logged)
 }
 
 /// "" / <> / MAILER-DAEMON (pipe(8)'s default null_sender) are the null sender.
@@ -125,45 +74,23 @@ func normalizedSender(_ raw: String?) -> String? {
 
 // MARK: main
 
-let options: Options
-do {
-    options = try parseArguments(Array(CommandLine.arguments.dropFirst()))
-} catch let f as NestboxFailure {
-    finish(f.outcome, detail: f.detail + " (see --help)")
-}
-
-let config: Config
-do {
-    config = try Config.load(explicitPath: options.configPath, overrides: options.overrides)
-} catch {
-    finish(.config, detail: "\(error)")
-}
-DotLock.defaultTimeout = config.lockTimeout
-Log.setup(program: program, destination: options.logToStderr ? .stderr : .syslog, facility: config.syslogFacility)
-
 if options.lmtp {
     // LMTP on stdin/stdout: the same session code as nestbox-lmtpd.
+    tool.dropPrivileges()
     do {
-        try Privileges.dropIfRoot(to: config.mailOwner)
         try MailStore(config: config).prepare()
-    } catch let f as NestboxFailure {
-        Log.fatal(f.detail)
-        finish(f.outcome, detail: f.detail)
+    } catch {
+        tool.fail((error as? NestboxFailure) ?? NestboxFailure(.temporary, "\(error)"))
     }
     let session = LMTPSession(delivery: Delivery(store: MailStore(config: config)), serverName: config.serverName,
                               client: "stdin", sessionID: "\(String(getpid(), radix: 36).uppercased())L",
                               limits: LMTPSession.Limits(config: config))
     StdioSession.run(session, idleTimeout: config.lmtpIdleTimeout)
-    exit(0)
+    finish(.delivered)
 }
-if options.users.isEmpty && options.folder == nil { finish(.usage, detail: "no user and no -m folder given (see --help)") }
+if options.users.isEmpty && options.folder == nil { tool.usageError("no user and no -m folder given") }
 
-do {
-    try Privileges.dropIfRoot(to: config.mailOwner)
-} catch let f as NestboxFailure {
-    Log.fatal(f.detail)
-    finish(f.outcome, detail: f.detail)
-}
+tool.dropPrivileges()
 
 let sender = normalizedSender(options.sender)
 let store = MailStore(config: config)

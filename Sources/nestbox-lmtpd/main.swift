@@ -13,95 +13,55 @@ import NestboxLMTPServer
 import NestboxStore
 import NestboxSupport
 
-let program = "nestbox-lmtpd"
-let version = "0.1.0"
+let spec = OptionSpec(
+    program: "nestbox-lmtpd", version: "0.1.0",
+    summary: """
+    Serves LMTP (RFC 2033) for Postfix's lmtp: transport and delivers into the Maildir store.
+    Listens on the systemd sockets it is given, else on lmtpsocket and lmtp_listen; runs in the
+    foreground until SIGTERM, then finishes the transactions in flight and exits.
+    """,
+    options: [
+        Tool.configFile,
+        Tool.override,
+        Tool.logToStandardError,
+        .flag("i", name: "inetd", help: "serve one session on standard input/output (inetd), then exit"),
+    ],
+    epilogue: """
+    Exit status: 0 after a clean stop, 64 usage, 75 temporary failure (e.g. cannot bind),
+    78 configuration error (see nestbox-lmtpd(8)).
+    """)
 
-let usageText = """
-usage: nestbox-lmtpd [-C file] [-o key=value]... [-L] [-i]
-       nestbox-lmtpd --help | --version
-Serves LMTP (RFC 2033) for Postfix's lmtp: transport and delivers into the Maildir store.
-Listens on the systemd sockets it is given, else on lmtpsocket and lmtp_listen; runs in the
-foreground until SIGTERM, then finishes the transactions in flight and exits.
-  -C file      configuration file (default: $NESTBOX_CONF, else /etc/nestbox/nestbox.conf)
-  -o key=value override one configuration key (repeatable)
-  -L           log to standard error instead of syslog
-  -i           serve one session on standard input/output (inetd), then exit
-Exit status: 0 after a clean stop, 64 usage, 75 temporary failure (e.g. cannot bind),
-78 configuration error (see nestbox-lmtpd(8)).
+let tool = Tool(spec, reporting: .standardError).start()
+let config = tool.config
 
-"""
-
-func fail(_ f: NestboxFailure) -> Never {
-    Log.fatal(f.detail)
-    if isatty(2) != 0 { fputs("\(program): \(f.detail)\n", stderr) }
-    exit(f.outcome.exitCode)
-}
-
-var configPath: String? = nil
-var overrides: [String] = []
-var logToStderr = false
-var inetd = false
-var args = Array(CommandLine.arguments.dropFirst())
-var i = 0
-while i < args.count {
-    let a = args[i]
-    switch a {
-    case "--help", "-h": fputs(usageText, stdout); exit(0)
-    case "--version": print("\(program) \(version)"); exit(0)
-    case "-L": logToStderr = true
-    case "-i": inetd = true
-    case "-C", "-o":
-        guard i + 1 < args.count else {
-            fputs("\(program): option \(a) needs a value (see --help)\n", stderr)
-            exit(64)
-        }
-        i += 1
-        if a == "-C" { configPath = args[i] } else { overrides.append(args[i]) }
-    default:
-        fputs("\(program): unknown argument \(Names.printable(a)) (see --help)\n", stderr)
-        exit(64)
-    }
-    i += 1
-}
-
-let config: Config
-do {
-    config = try Config.load(explicitPath: configPath, overrides: overrides)
-} catch {
-    fputs("\(program): \(error)\n", stderr)
-    exit(78)
-}
-DotLock.defaultTimeout = config.lockTimeout
-Log.setup(program: program, destination: logToStderr ? .stderr : .syslog, facility: config.syslogFacility)
-
-if inetd {
+if tool.options.has("inetd") {
+    tool.dropPrivileges()
     do {
-        try Privileges.dropIfRoot(to: config.mailOwner)
         try MailStore(config: config).prepare()
-    } catch let f as NestboxFailure {
-        fail(f)
     } catch {
-        fail(NestboxFailure(.temporary, "\(error)"))
+        tool.fail((error as? NestboxFailure) ?? NestboxFailure(.temporary, "\(error)"))
     }
     let session = LMTPSession(delivery: Delivery(store: MailStore(config: config)), serverName: config.serverName,
                               client: "stdin", sessionID: "\(String(getpid(), radix: 36).uppercased())I",
                               limits: LMTPSession.Limits(config: config))
     StdioSession.run(session, idleTimeout: config.lmtpIdleTimeout)
-    exit(0)
+    tool.finish(.delivered)
 }
 
+// Sockets are bound as root (a socket in /run, a port below 1024), then root is dropped before
+// the first connection is accepted.
 LMTPServer.blockTerminationSignals()
 let server = LMTPServer(config: config)
 do {
     let names = try server.bind()
-    try Privileges.dropIfRoot(to: config.mailOwner)
+    tool.dropPrivileges()
     try MailStore(config: config).prepare()
     try server.startAccepting()
     Log.info("listening on \(names.joined(separator: ", ")) as uid \(getuid()); mail root \(config.partition)")
 } catch let f as NestboxFailure {
-    fail(f)
+    tool.fail(f)
 } catch {
-    fail(NestboxFailure(.temporary, "bind: \(error)"))
+    tool.fail(NestboxFailure(.temporary, "bind: \(error)"))
 }
 server.run()
-exit(0)
+tool.finish(.delivered)

@@ -129,7 +129,12 @@ final class ConfigTests: TempDirTestCase {
         ("maxmessagesize: 10k\n", 1, "whole number"),
         ("maxmessagesize: 1.5\n", 1, "whole number"),
         ("maxmessagesize: -1\n", 1, "0 or more"),
-        ("autocreate_quota: -2\n", 1, "whole number"),
+        ("autocreate_quota: -2\n", 1, "-1 or more"),
+        ("autocreate_quota_messages: -2\n", 1, "-1 or more"),
+        ("maxmessagesize: 99999999999999999999\n", 1, "whole number"),
+        ("lmtp_max_recipients: 0\n", 1, "1 or more"),
+        ("lock_timeout: -1\n", 1, "1 or more"),
+        ("lmtp_listen: 127.0.0.1:24 [::1]:24 10.0.0.1:24\n", 1, "10.0.0.1:24 is not a loopback"),
         ("autocreate_quota: \n", 1, "whole number"),
         ("servername: a\n#\nservername: b\n", 3, "already set on line 1"),
         ("mail_owner: vmail\nmail_owner vmail\n", 2, "key: value"),
@@ -159,6 +164,48 @@ final class ConfigTests: TempDirTestCase {
                 XCTAssertTrue(e.description.hasPrefix("/etc/nb.conf:\(line): "), e.description)
             }
         }
+    }
+
+    /// The rules live in the key table: every key with a minimum takes it and refuses one less,
+    /// every absolute-path key refuses a relative path, every word list takes its words.
+    func testRulesComeFromTheKeyTable() throws {
+        XCTAssertFalse(Config.keys.allSatisfy { $0.rules.isEmpty })
+        for key in Config.keys {
+            for rule in key.rules {
+                var c = Config()
+                switch rule {
+                case .minimum(let m):
+                    XCTAssertEqual(key.kind, .integer, key.name)
+                    XCTAssertNoThrow(try c.set(key.name, "\(m)", file: "t", line: 1), key.name)
+                    XCTAssertThrowsError(try c.set(key.name, "\(m - 1)", file: "t", line: 1), key.name) { error in
+                        XCTAssertEqual((error as? Config.ParseError)?.reason, "\(key.name): must be \(m) or more")
+                    }
+                case .absolutePath:
+                    XCTAssertNoThrow(try c.set(key.name, "/srv/x", file: "t", line: 1), key.name)
+                    XCTAssertThrowsError(try c.set(key.name, "srv/x", file: "t", line: 1), key.name) { error in
+                        XCTAssertEqual((error as? Config.ParseError)?.reason, "\(key.name): must be an absolute path, got \"srv/x\"")
+                    }
+                case .oneOf(let words, let shown):
+                    for word in words + words.map { $0.uppercased() } {
+                        XCTAssertNoThrow(try c.set(key.name, word, file: "t", line: 1), "\(key.name) \(word)")
+                    }
+                    XCTAssertThrowsError(try c.set(key.name, "neither", file: "t", line: 1), key.name) { error in
+                        XCTAssertEqual((error as? Config.ParseError)?.reason, "\(key.name): expected \(shown), got \"neither\"")
+                    }
+                case .loopbackOnly:
+                    XCTAssertNoThrow(try c.set(key.name, "127.0.0.1:24 localhost:2424 [::1]:24", file: "t", line: 1), key.name)
+                    XCTAssertThrowsError(try c.set(key.name, "192.0.2.1:24", file: "t", line: 1), key.name)
+                }
+            }
+        }
+    }
+
+    func testLockPolicyFollowsLockTimeout() throws {
+        XCTAssertEqual(Config().lockPolicy.timeout, 122)
+        var c = Config()
+        try c.set("lock_timeout", "7", file: "t", line: 1)
+        XCTAssertEqual(c.lockPolicy.timeout, 7)
+        XCTAssertEqual(c.lockPolicy.staleAfter, DotLock.Options().staleAfter)
     }
 
     func testFailedSetKeepsOldValue() {

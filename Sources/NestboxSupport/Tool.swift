@@ -1,0 +1,126 @@
+// The start and the end of every Nestbox program, so that each `main.swift` holds only its own
+// options and its calls into the library.
+//
+// `Tool.start` does, in this order: parse the command line against the program's `OptionSpec`
+// (`--help` and `--version` answered here, exit 0); load the configuration (`-C file`, else
+// $NESTBOX_CONF, else the default path if it exists, else the built-in defaults; then every
+// `-o key=value`); set up logging (syslog, or standard error with `-L`); and derive the lock
+// policy from `lock_timeout`. Dropping root is left to the program, through `dropPrivileges()`,
+// because where it happens matters: nestbox-lmtpd binds its sockets as root first.
+//
+// Every exit goes through `finish`, with a row of the outcome table (SysExits.swift): no
+// program calls exit(3) with a number of its own. How a failure is reported depends on who reads
+// it:
+// - `.dsnLine` (programs run by Postfix's pipe(8)): one "<RFC 3463 status> <text>[: detail]" line
+//   on standard output, which pipe(8) puts in the bounce or defer notice; the detail again on
+//   standard error only when it is a terminal. Nothing else may be printed.
+// - `.standardError` (daemons and administrators' tools): the detail on standard error, and in the
+//   log once logging is set up.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+public final class Tool {
+    public enum Reporting: Sendable { case dsnLine, standardError }
+
+    /// The options every program that reads the configuration shares; add them to the spec.
+    public static let configFile = OptionSpec.Option.value("C", name: "config", "file",
+        help: "configuration file (default: $NESTBOX_CONF, else \(Config.defaultPath))")
+    public static let override = OptionSpec.Option.value("o", name: "override", "key=value", repeatable: true,
+        help: "override one configuration key (repeatable)")
+    public static let logToStandardError = OptionSpec.Option.flag("L", name: "log-stderr",
+        help: "log to standard error instead of syslog")
+
+    public let spec: OptionSpec
+    public let reporting: Reporting
+    /// What the command line said; valid after `start`.
+    public private(set) var options = ParsedOptions()
+    /// The configuration in force; the built-in defaults until `start` has loaded it.
+    public private(set) var config = Config()
+    /// How long and how patiently locks are waited for (`lock_timeout`). Stores and tools take
+    /// it from here; until every lock is given it explicitly, `start` also makes it the
+    /// process's default (`DotLock.defaultTimeout`).
+    public private(set) var lockPolicy = DotLock.Options()
+    private var logging: Log.Destination? = nil
+
+    public init(_ spec: OptionSpec, reporting: Reporting) {
+        self.spec = spec
+        self.reporting = reporting
+    }
+
+    /// Parses `arguments`, loads the configuration and sets up logging; exits on `--help`,
+    /// `--version`, a usage error (64) or a configuration error (78).
+    @discardableResult
+    public func start(_ arguments: [String] = Array(CommandLine.arguments.dropFirst()),
+                      environment: [String: String] = Config.currentEnvironment()) -> Tool {
+        do {
+            options = try spec.parse(arguments)
+        } catch let f as NestboxFailure {
+            usageError(f.detail)
+        } catch {
+            usageError("\(error)")
+        }
+        switch options.request {
+        case .help: print(spec.helpText, terminator: ""); finish(.delivered)
+        case .version: print(spec.versionText, terminator: ""); finish(.delivered)
+        case .run: break
+        }
+        do {
+            config = try Config.load(explicitPath: options.value(Tool.configFile.name), environment: environment,
+                                     overrides: options.values(Tool.override.name))
+        } catch {
+            finish(.config, detail: "\(error)")
+        }
+        lockPolicy = config.lockPolicy
+        DotLock.defaultTimeout = lockPolicy.timeout
+        let destination: Log.Destination = options.has(Tool.logToStandardError.name) ? .stderr : .syslog
+        Log.setup(program: spec.program, destination: destination, facility: config.syslogFacility)
+        logging = destination
+        return self
+    }
+
+    /// Becomes the mail owner if started as root (see Privileges.swift); exits through `fail`
+    /// if that cannot be done.
+    public func dropPrivileges() {
+        do {
+            try Privileges.dropIfRoot(to: config.mailOwner)
+        } catch {
+            fail((error as? NestboxFailure) ?? NestboxFailure(.temporary, "drop privileges: \(error)"))
+        }
+    }
+
+    /// A command line that parsed but does not make sense ("no user given"): exit 64.
+    public func usageError(_ text: String) -> Never {
+        finish(.usage, detail: text + " (see --help)")
+    }
+
+    /// Logs `failure` as fatal and exits with its row.
+    public func fail(_ failure: NestboxFailure) -> Never {
+        if logging != nil { Log.fatal(failure.detail) }
+        finish(failure.outcome, detail: failure.detail)
+    }
+
+    /// Reports `outcome` as `reporting` says and exits with its code. `logged`: the detail is
+    /// already in the log, so the DSN line does not repeat it.
+    public func finish(_ outcome: Outcome, detail: String? = nil, logged: Bool = false) -> Never {
+        if !outcome.isSuccess {
+            switch reporting {
+            case .dsnLine:
+                var line = outcome.dsnLine
+                if let detail, !logged { line += ": " + detail }
+                print(line)
+                if let detail, isatty(2) != 0 { fputs("\(spec.program): \(detail)\n", stderr) }
+            case .standardError:
+                // Before logging is set up, or when the log is not the terminal, say it there.
+                if let detail, logging == nil || (logging != .stderr && isatty(2) != 0) {
+                    fputs("\(spec.program): \(detail)\n", stderr)
+                }
+            }
+        }
+        fflush(stdout)
+        exit(outcome.exitCode)
+    }
+}
