@@ -71,8 +71,10 @@ public final class GroupCommit: @unchecked Sendable {
     /// delivered: the lock could not be had, the move failed, or new/ could not be made durable.
     /// `quota` (with the message's `size`) is the maildirsize the message counts in; its delta
     /// is appended under the lock, just before the move, and taken back if the move fails.
+    /// The round's uidlist session waits for the lock as its leader's `lockPolicy` says.
     public func commit(_ source: String, as stem: String, in folder: Folder, label: String,
-                       quota: QuotaRoot? = nil, size: Int64 = 0) throws -> UInt32? {
+                       quota: QuotaRoot? = nil, size: Int64 = 0,
+                       lockPolicy: DotLock.Options = DotLock.Options()) throws -> UInt32? {
         let ticket = Ticket(source: source, stem: stem, quota: quota, size: size)
         pthread_mutex_lock(&mutex)
         queues[folder.path, default: []].append(ticket)
@@ -84,7 +86,7 @@ public final class GroupCommit: @unchecked Sendable {
             committing.insert(folder.path)
             let round = queues.removeValue(forKey: folder.path) ?? []
             pthread_mutex_unlock(&mutex)
-            GroupCommit.commitRound(round, folder: folder, label: label)
+            GroupCommit.commitRound(round, folder: folder, label: label, lockPolicy: lockPolicy)
             pthread_mutex_lock(&mutex)
             committing.remove(folder.path)
             pthread_cond_broadcast(&changed)
@@ -98,7 +100,8 @@ public final class GroupCommit: @unchecked Sendable {
     /// microseconds: no fsync inside); then the syncs. The uidlist's fdatasync goes first: it
     /// commits the file system's journal with the renames in it, so the fsync of new/ after it
     /// has (on ext4) nothing left to wait for.
-    static func commitRound(_ round: [Ticket], folder: Folder, label: String) {
+    static func commitRound(_ round: [Ticket], folder: Folder, label: String,
+                            lockPolicy: DotLock.Options = DotLock.Options()) {
         defer { for t in round { t.done = true } }
         // The folder, tmp/ and new/ opened level by level from the mail root, no link followed:
         // the moves are made relative to these descriptors, so they land in this folder or
@@ -119,11 +122,11 @@ public final class GroupCommit: @unchecked Sendable {
             close(tmpFD)
             close(newFD)
         }
-        let lock: DotLock
+        let session: UIDListSession
         do {
-            lock = try folder.uidList.lock()
+            session = try folder.beginUIDListSession(options: lockPolicy)
             guard Folder.sameDirectory(folderFD, folder.path) else {
-                lock.release()
+                session.finish()
                 throw NestboxFailure(.temporary, "\(folder.path): folder renamed or replaced during delivery")
             }
         } catch {
@@ -147,14 +150,14 @@ public final class GroupCommit: @unchecked Sendable {
         count(failed, sign: -1, label: label)
         var listFD: Int32 = -1
         do {
-            let uids = try folder.uidList.appendLocked(moved.map { $0.stem }, keepOpen: { listFD = $0 })
+            let uids = try session.append(moved.map { $0.stem }, keepOpen: { listFD = $0 })
             for (t, uid) in zip(moved, uids) { t.uid = uid }
         } catch {
             // The files are in new/ and nobody else has numbered them: Dovecot gives them
             // their UIDs at its next sync, under this same lock.
             Log.warning("\(label): no UID recorded yet (Dovecot assigns one when it next looks): \(error)")
         }
-        lock.release()
+        session.finish()
         guard !moved.isEmpty else { return }
         if listFD >= 0 {
             do { try Files.fdatasync(listFD, path: folder.uidList.path) } catch { Log.warning("\(label): \(error)") }

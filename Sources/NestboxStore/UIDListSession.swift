@@ -98,10 +98,12 @@ public final class UIDListSession {
     }
 
     /// Gives `stems` the next UIDs (a stem already recorded keeps its UID) and returns them;
-    /// creates the list with a fresh UIDVALIDITY if there is none.
-    public func append(_ stems: [String]) throws -> [UInt32] {
+    /// creates the list with a fresh UIDVALIDITY if there is none. With `keepOpen`, the lines
+    /// are not fdatasynced: the list's descriptor is handed over for the caller to sync after
+    /// `finish()` (the group commit's way; UIDListFile.appendLocked).
+    public func append(_ stems: [String], keepOpen: ((Int32) -> Void)? = nil) throws -> [UInt32] {
         requireOpen()
-        return try file.appendLocked(stems, uidValidityLock: options)
+        return try file.appendLocked(stems, keepOpen: keepOpen, uidValidityLock: options)
     }
 
     /// Replaces the list with `list`, through `dovecot-uidlist.tmp`, fdatasync and rename. Refused
