@@ -9,9 +9,11 @@
 // - An append writes whole lines at the end (a failed write is cut off again); the header is
 //   not rewritten (the effective next UID is max(N, last UID + 1), which is also how Dovecot
 //   reads it). The group commit fdatasyncs after releasing the lock (GroupCommit.swift).
-// - A rewrite writes a temporary file `dovecot-uidlist.tmp.<pid>.<n>` beside the list, fsyncs
-//   it and renames it over the list (Files.replace), so that Dovecot, which caches by inode,
-//   size and mtime, sees a new file, and a crash leaves the old list or the new one.
+// - A rewrite (a torn last line, a new list, a UIDListSession's rewrite or removal) writes
+//   `dovecot-uidlist.tmp` beside the list (a fixed name, as Dovecot's: only the lock holder
+//   writes it), fdatasyncs it and renames it over the list (`replaceLocked`), so that Dovecot,
+//   which caches by inode, size and mtime, sees a new file, and a crash leaves the old list or
+//   the new one.
 // - Appending only needs the header line and the last records, so it reads the first and the
 //   last few KiB of the file: delivery stays O(1) as a folder grows to 100k messages. A stem
 //   the list already names is never given a second record (the last records are searched; a
