@@ -18,6 +18,14 @@ public struct HousekeepingResult: Equatable, Sendable {
 }
 
 extension MailStore {
+    /// Runs every housekeeping task once, pruning the mail root's duplicate database with the
+    /// configured expiry (whether suppression is on or not: records left from when it was on
+    /// expire too). For tools; nestbox-lmtpd passes the database it delivers with.
+    @discardableResult
+    public func housekeeping(age: Double = 36 * 3600) -> HousekeepingResult {
+        housekeeping(duplicates: DuplicateDB(directory: duplicatesDirectory, expiry: config.duplicateExpire), age: age)
+    }
+
     /// Runs every housekeeping task once and logs what it removed. `duplicates` is the duplicate
     /// database to prune (nil: suppression off, nothing to prune); `age` the age beyond which
     /// spool files and creation trees are taken as left by a dead process.

@@ -13,7 +13,7 @@ final class HousekeepingTests: TempDirTestCase {
     func testRemovesOnlyWhatIsOld() throws {
         let store = MailStore(config: try NamesTests.config([("partition-default", "\(dir)/mail")]))
         try store.prepare()
-        let db = DuplicateDB(directory: "\(store.root)/.nestbox/duplicates", expiry: 3600)
+        let db = DuplicateDB(directory: store.duplicatesDirectory, expiry: 3600)
         let oldKey = DuplicateDB.key(messageID: "<old@x>", date: nil, mailbox: "alice")!
         let newKey = DuplicateDB.key(messageID: "<new@x>", date: nil, mailbox: "alice")!
         db.record(oldKey)
@@ -44,5 +44,19 @@ final class HousekeepingTests: TempDirTestCase {
         XCTAssertEqual(again.duplicateRecords, 0)
         XCTAssertEqual(again.spoolFiles, 2)
         XCTAssertEqual(TestFS.list(store.spoolDirectory), [])
+    }
+
+    func testToolFormUsesTheConfiguredDatabaseAndExpiry() throws {
+        let store = MailStore(config: try NamesTests.config([("partition-default", "\(dir)/mail"),
+                                                             ("duplicatesuppression", "no")]))
+        try store.prepare()
+        let db = DuplicateDB(directory: store.duplicatesDirectory, expiry: store.config.duplicateExpire)
+        let key = DuplicateDB.key(messageID: "<old@x>", date: nil, mailbox: "alice")!
+        db.record(key)
+        for sub in TestFS.list(db.directory) {
+            for name in TestFS.list("\(db.directory)/\(sub)") { TestFS.age("\(db.directory)/\(sub)/\(name)", by: 400 * 86400) }
+        }
+        XCTAssertEqual(store.housekeeping().duplicateRecords, 1)
+        XCTAssertFalse(db.contains(key))
     }
 }
