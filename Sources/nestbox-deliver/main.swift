@@ -94,70 +94,36 @@ tool.dropPrivileges()
 
 let sender = normalizedSender(options.sender)
 let store = MailStore(config: config)
-let delivery = Delivery(store: store)
-let queueID = hexString(randomBytes(5)).uppercased()
 let identity = options.authID.flatMap { $0.isEmpty ? nil : $0 }
-
-// 1. Resolve every recipient before reading the message.
-var results: [RecipientResult] = []
-var targets: [DeliveryTarget] = []
 do {
     try store.prepare()
 } catch let f as NestboxFailure {
     Log.error("mail root: \(f.detail)")
     finish(f.outcome)
 }
+
+// Every recipient is resolved before the message is read; the transaction spools it once and
+// stores it for each (DeliveryTransaction.swift).
+let transaction = DeliveryTransaction(delivery: Delivery(store: store), id: hexString(randomBytes(5)).uppercased(), sender: sender)
+var results: [RecipientResult] = []
+func refused(_ recipient: String, _ error: Error) -> RecipientResult {
+    let f = (error as? NestboxFailure) ?? NestboxFailure(.temporary, "\(error)")
+    return RecipientResult(recipient: recipient, outcome: f.outcome, detail: f.detail)
+}
 if options.users.isEmpty {
-    do {
-        targets.append(try delivery.resolveShared(options.folder!, domain: nil, identity: identity))
-    } catch let f as NestboxFailure {
-        results.append(RecipientResult(recipient: options.folder!, outcome: f.outcome, mailbox: nil, uid: nil, detail: f.detail))
-    }
+    do { try transaction.addSharedFolder(options.folder!, identity: identity, ignoreQuota: options.ignoreQuota) }
+    catch { results.append(refused(options.folder!, error)) }
 } else {
     for user in options.users {
-        do {
-            targets.append(try delivery.resolve(user, folderName: options.folder, identity: identity))
-        } catch let f as NestboxFailure {
-            results.append(RecipientResult(recipient: user, outcome: f.outcome, mailbox: nil, uid: nil, detail: f.detail))
-        } catch {
-            results.append(RecipientResult(recipient: user, outcome: .temporary, mailbox: nil, uid: nil, detail: "\(error)"))
-        }
+        do { try transaction.addRecipient(user, folder: options.folder, identity: identity, ignoreQuota: options.ignoreQuota) }
+        catch { results.append(refused(user, error)) }
     }
+}
+if !transaction.recipients.isEmpty {
+    transaction.beginMessage(trace: .local, maxSize: config.maxMessageSize)
+    results += transaction.finish(transaction.consume(fileDescriptor: 0))
 }
 
-// 2. Spool the message once; 3. store it for each resolved recipient.
-var spooled: SpooledMessage? = nil
-if !targets.isEmpty {
-    var received = "Received: by \(config.serverName) (Nestbox) with local id \(queueID)"
-    if options.users.count == 1, let r = try? store.parseRecipient(options.users[0]) { received += "\n\tfor <\(Names.printable(r.address))>" }
-    received += "; \(Delivery.rfc5322Date())"
-    do {
-        // One recipient: spool in its folder's tmp/ and rename into new/; several, or an INBOX
-        // still to be created: link from the spool.
-        let alone = targets.count == 1 && targets[0].inboxToCreate == nil
-        let spoolDirectory = alone ? "\(targets[0].folder.path)/tmp" : store.spoolDirectory
-        let writer = try SpoolWriter(spoolDirectory: spoolDirectory, host: config.serverName, returnPath: sender,
-                                     received: received, maxSize: config.maxMessageSize)
-        spooled = try writer.consume(fileDescriptor: 0)
-    } catch {
-        let f = (error as? NestboxFailure) ?? NestboxFailure(.temporary, "\(error)")
-        for t in targets {
-            results.append(RecipientResult(recipient: t.recipient, outcome: f.outcome, mailbox: t.label, uid: nil, detail: f.detail))
-        }
-        targets = []
-    }
-}
-if let message = spooled {
-    for t in targets {
-        results.append(delivery.store(message, into: t, ignoreQuota: options.ignoreQuota))
-    }
-    message.remove()
-}
-
-// 4. One log line per recipient; the worst outcome decides the exit status.
-var worst = Outcome.delivered
-for r in results {
-    Log.info(Delivery.logLine(id: queueID, sender: sender, result: r, message: spooled))
-    if r.outcome.severity > worst.severity { worst = r.outcome }
-}
+// The transaction logged a line per recipient; the worst outcome decides the exit status.
+let worst = results.map(\.outcome).max { $0.severity < $1.severity } ?? .delivered
 finish(worst, detail: nil, logged: true)
