@@ -173,7 +173,8 @@ public struct Delivery: Sendable {
             // multi-line maildirsize); the other order would under-count, which nothing notices.
             do {
                 result.uid = try GroupCommit.shared.commit(staged, as: final, in: folder, label: target.label,
-                                                           quota: target.quota, size: message.size)
+                                                           quota: target.quota, size: message.size,
+                                                           lockPolicy: config.lockPolicy)
                 if staged == message.path { message.consumed() }
             } catch let failure as GroupCommit.Failure {
                 if failure.moved {

@@ -231,7 +231,7 @@ public struct MailStore: Sendable {
             try f.create()
             subscribed.append(levels.map(ModifiedUTF7.encode))
         }
-        if !subscribed.isEmpty { try Subscriptions.add(subscribed, root: mailRoot) }
+        if !subscribed.isEmpty { try Subscriptions.add(subscribed, root: mailRoot, lockPolicy: config.lockPolicy) }
     }
 
     /// A new, empty directory with a unique name in the creation directory.
@@ -283,8 +283,8 @@ public enum Subscriptions {
         return lines.map { $0.split(separator: "\t").map(String.init) }
     }
 
-    public static func add(_ mailboxes: [[String]], root: String) throws {
-        let lock = try DotLock.acquire("\(root)/subscriptions.lock", watching: ["\(root)/subscriptions"])
+    public static func add(_ mailboxes: [[String]], root: String, lockPolicy: DotLock.Options = DotLock.Options()) throws {
+        let lock = try DotLock.acquire("\(root)/subscriptions.lock", watching: ["\(root)/subscriptions"], options: lockPolicy)
         defer { lock.release() }
         var all = try read(root: root)
         for m in mailboxes where !all.contains(m) { all.append(m) }

@@ -29,13 +29,12 @@ public final class DotLock {
     private var held = true
     private let inode: ino_t
 
-    /// The wait of every lock that is not given its own (the `lock_timeout` key).
-    nonisolated(unsafe) public static var defaultTimeout: Double = 122
-
     public struct Options: Sendable {
         public var timeout: Double
         public var staleAfter: Double
-        public init(timeout: Double = DotLock.defaultTimeout, staleAfter: Double = 120) {
+        /// 122 s: Dovecot's wait. Programs pass the configured one (`lock_timeout`,
+        /// Config.lockPolicy) down to every lock they take.
+        public init(timeout: Double = 122, staleAfter: Double = 120) {
             self.timeout = timeout
             self.staleAfter = staleAfter
         }

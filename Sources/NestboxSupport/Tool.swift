@@ -41,8 +41,7 @@ public final class Tool {
     /// The configuration in force; the built-in defaults until `start` has loaded it.
     public private(set) var config = Config()
     /// How long and how patiently locks are waited for (`lock_timeout`). Stores and tools take
-    /// it from here; until every lock is given it explicitly, `start` also makes it the
-    /// process's default (`DotLock.defaultTimeout`).
+    /// it from here (or from `Config.lockPolicy`) and pass it to every lock: there is no global.
     public private(set) var lockPolicy = DotLock.Options()
     private var logging: Log.Destination? = nil
 
@@ -75,7 +74,6 @@ public final class Tool {
             finish(.config, detail: "\(error)")
         }
         lockPolicy = config.lockPolicy
-        DotLock.defaultTimeout = lockPolicy.timeout
         let destination: Log.Destination = options.has(Tool.logToStandardError.name) ? .stderr : .syslog
         Log.setup(program: spec.program, destination: destination, facility: config.syslogFacility)
         logging = destination
