@@ -1,0 +1,269 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import XCTest
+import NestboxSupport
+@testable import NestboxStore
+
+/// Reconstruct: each kind of damage built on a real folder numbered by the store, the problems
+/// reported, the repaired state (every surviving message keeps its UID), and a second run that
+/// finds nothing.
+final class ReconstructTests: TempDirTestCase {
+    var options: ReconstructOptions {
+        var o = ReconstructOptions()
+        o.lockPolicy = MaintenanceFixture.lockPolicy
+        return o
+    }
+
+    var dryOptions: ReconstructOptions {
+        var o = options
+        o.dryRun = true
+        return o
+    }
+
+    /// An INBOX with `count` messages numbered 1...count; returns the folder and the stems by UID.
+    func numberedInbox(_ count: Int) throws -> (Folder, [UInt32: String]) {
+        let folder = try MaintenanceFixture.inbox(dir)
+        for i in 0..<count {
+            MaintenanceFixture.put(folder, MaintenanceFixture.message(i), base: "17000000\(10 + i).M1P1.mx")
+        }
+        try folder.assignUIDs(options: MaintenanceFixture.lockPolicy)
+        var map: [UInt32: String] = [:]
+        for r in try XCTUnwrap(folder.uidList.read()).records { map[r.uid] = r.stem }
+        XCTAssertEqual(map.count, count)
+        return (folder, map)
+    }
+
+    func listText(_ folder: Folder) -> String { TestFS.readText(folder.uidList.path) ?? "" }
+
+    func header(_ folder: Folder) -> String { String(listText(folder).split(separator: "\n").first ?? "") }
+
+    /// The stem of every record of the (strictly parsed) list.
+    func mapping(_ folder: Folder) throws -> [UInt32: String] {
+        var map: [UInt32: String] = [:]
+        for r in try XCTUnwrap(folder.uidList.read()).records { map[r.uid] = r.stem }
+        return map
+    }
+
+    func whats(_ report: FolderReport) -> [String] { report.problems.map(\.what) }
+
+    /// Runs reconstruct, checks that the result is consistent, and that a second run finds nothing.
+    @discardableResult
+    func repair(_ folder: Folder, _ o: ReconstructOptions? = nil, file: StaticString = #filePath, line: UInt = #line) throws -> FolderReport {
+        let report = try folder.reconstruct(o ?? options)
+        XCTAssertTrue(report.problems.allSatisfy(\.repaired), "\(report.problems)", file: file, line: line)
+        let scan = try FolderScan.scan(folder, readFiles: true)
+        XCTAssertTrue(scan.isClean, "\(scan)", file: file, line: line)
+        XCTAssertEqual(scan.messages.count, report.messages, file: file, line: line)
+        let again = try folder.reconstruct(o ?? options)
+        XCTAssertEqual(again.problems, [], file: file, line: line)
+        XCTAssertFalse(again.newUIDValidity, file: file, line: line)
+        return report
+    }
+
+    func testCleanFolderIsLeftAlone() throws {
+        let (folder, map) = try numberedInbox(3)
+        let before = listText(folder)
+        let inode = TestFS.inode(folder.uidList.path)
+        let report = try folder.reconstruct(options)
+        XCTAssertEqual(report.problems, [])
+        XCTAssertEqual(report.messages, 3)
+        XCTAssertEqual(listText(folder), before)
+        XCTAssertEqual(TestFS.inode(folder.uidList.path), inode)
+        XCTAssertEqual(try mapping(folder), map)
+    }
+
+    func testEmptyFolderWithoutListIsFine() throws {
+        let folder = try MaintenanceFixture.inbox(dir)
+        let report = try folder.reconstruct(options)
+        XCTAssertEqual(report.problems, [])
+        XCTAssertFalse(TestFS.exists(folder.uidList.path))
+    }
+
+    func testUnknownFolderThrows() {
+        let folder = Folder(path: "\(dir)/nobody", mailRoot: "\(dir)/nobody", name: "INBOX")
+        XCTAssertThrowsError(try folder.reconstruct(options))
+    }
+
+    func testTornLastLineKeepsEveryOtherUID() throws {
+        let (folder, map) = try numberedInbox(4)
+        let uidValidity = try XCTUnwrap(folder.uidList.read()).header.uidValidity
+        // Cut the last record in half: its file loses its record and is numbered again.
+        var bytes = TestFS.read(folder.uidList.path)!
+        bytes.removeLast(8)
+        TestFS.write(folder.uidList.path, bytes)
+        let report = try repair(folder)
+        XCTAssertEqual(report.problems.first?.what.hasPrefix("uidlist line 5: torn last line"), true, "\(whats(report))")
+        XCTAssertTrue(whats(report).contains("\(map[4]!) has no uid"), "\(whats(report))")
+        XCTAssertEqual(report.problems.last?.action, "added as uid 5")
+        var expected = map
+        expected[4] = nil
+        expected[5] = map[4]
+        XCTAssertEqual(try mapping(folder), expected)
+        XCTAssertEqual(try XCTUnwrap(folder.uidList.read()).header.uidValidity, uidValidity)
+        XCTAssertFalse(report.newUIDValidity)
+    }
+
+    func testGarbageLinesAreDropped() throws {
+        let (folder, map) = try numberedInbox(3)
+        let lines = listText(folder).split(separator: "\n").map(String.init)
+        TestFS.write(folder.uidList.path, ([lines[0], lines[1], "\u{1}\u{2}garbage", lines[2], "x :", lines[3]]).joined(separator: "\n") + "\n")
+        let report = try repair(folder)
+        XCTAssertEqual(whats(report).count, 2, "\(whats(report))")
+        XCTAssertEqual(whats(report).first?.hasPrefix("uidlist line 3: garbage"), true, "\(whats(report))")
+        XCTAssertEqual(whats(report).last, "uidlist line 5: garbage \"x :\"")
+        XCTAssertEqual(report.problems.map(\.action), ["dropped", "dropped"])
+        XCTAssertEqual(try mapping(folder), map)
+    }
+
+    func testUnsortedAndDuplicateUIDs() throws {
+        let (folder, map) = try numberedInbox(4)
+        let lines = listText(folder).split(separator: "\n").map(String.init)
+        let head = lines[0].split(separator: " ").map { $0.first == "N" ? "N9" : String($0) }.joined(separator: " ")
+        // uid 3 before 2; uid 2 names its file twice (and as uid 7, which is dropped, the lower
+        // kept); uid 4 names two stems (the first kept, the second file numbered again).
+        TestFS.write(folder.uidList.path, [head, lines[1], lines[3], lines[2], "7 :\(map[2]!)", lines[4], "4 :\(map[1]!)"].joined(separator: "\n") + "\n")
+        let report = try repair(folder)
+        XCTAssertEqual(whats(report), [
+            "uidlist line 4: uid 2 not above 3",
+            "uidlist line 5: uids 2 and 7 both name \(map[2]!)",
+            "uidlist line 6: uid 4 not above 7",
+            "uidlist line 7: uid 4 not above 7",
+            "uidlist line 7: uids 1 and 4 both name \(map[1]!)",
+        ])
+        XCTAssertEqual(try mapping(folder), map)
+        // N never goes down, and is above every UID ever written (7).
+        XCTAssertTrue(header(folder).contains(" N9"), header(folder))
+    }
+
+    func testOneUIDForTwoFiles() throws {
+        let (folder, map) = try numberedInbox(3)
+        let lines = listText(folder).split(separator: "\n").map(String.init)
+        TestFS.write(folder.uidList.path, [lines[0], lines[1], "2 :\(map[2]!)", "2 :\(map[3]!)"].joined(separator: "\n") + "\n")
+        let report = try repair(folder)
+        XCTAssertEqual(whats(report), [
+            "uidlist line 4: uid 2 not above 2",
+            "uidlist line 4: uid 2 names both \(map[2]!) and \(map[3]!)",
+            "\(map[3]!) has no uid",
+        ])
+        // UID 3 was never written: the file gets it.
+        XCTAssertEqual(report.problems.last?.action, "added as uid 3")
+        XCTAssertEqual(try mapping(folder), map)
+    }
+
+    func testBadHeaderNumbers() throws {
+        for damage in ["V0", "N0"] {
+            TestFS.removeTree(dir)
+            dir = TestFS.makeTempDir()
+            let (folder, map) = try numberedInbox(3)
+            let original = try XCTUnwrap(folder.uidList.read()).header
+            let line = header(folder)
+            let text = listText(folder)
+            let key = damage.first!
+            let tokens = line.split(separator: " ").map { $0.first == key ? Substring(damage) : $0 }
+            TestFS.write(folder.uidList.path, tokens.joined(separator: " ") + text.dropFirst(line.count))
+            XCTAssertThrowsError(try folder.uidList.read(), damage)
+            // Dovecot's own index still knows the UIDVALIDITY when the header lost it.
+            if damage == "V0" { writeDovecotIndex(folder, uidValidity: original.uidValidity, nextUID: 4) }
+            let report = try repair(folder)
+            XCTAssertEqual(report.problems.first?.what.hasPrefix("uidlist line 1: header"), true, "\(damage): \(whats(report))")
+            XCTAssertEqual(report.problems.count, 2, "\(damage): \(whats(report))")
+            XCTAssertFalse(report.newUIDValidity, damage)
+            XCTAssertEqual(try mapping(folder), map, damage)
+            let repaired = try XCTUnwrap(folder.uidList.read()).header
+            XCTAssertEqual(repaired.uidValidity, original.uidValidity, damage)
+            XCTAssertEqual(repaired.guid, original.guid, damage)
+            XCTAssertEqual(repaired.nextUID, 4, damage)
+        }
+    }
+
+    /// N at or below the last record is how the store appends (the header is never rewritten):
+    /// consistent, left alone.
+    func testLowNIsTheStoresOwnFormat() throws {
+        let (folder, _) = try numberedInbox(3)
+        XCTAssertTrue(header(folder).contains(" N1 "), header(folder))
+        XCTAssertEqual(try folder.reconstruct(options).problems, [])
+    }
+
+    func testUnreadableHeaderWithRecordsKeepsUIDs() throws {
+        let (folder, map) = try numberedInbox(3)
+        let text = listText(folder)
+        let original = header(folder)
+        TestFS.write(folder.uidList.path, "%%%%" + text.dropFirst(original.count))
+        let report = try repair(folder)
+        XCTAssertTrue(report.newUIDValidity)
+        XCTAssertTrue(whats(report).contains("no UIDVALIDITY can be recovered: clients will download the folder again"), "\(whats(report))")
+        XCTAssertEqual(try mapping(folder), map)
+        XCTAssertNotEqual(header(folder), original)
+    }
+
+    func testListMissing() throws {
+        let (folder, map) = try numberedInbox(3)
+        unlink(folder.uidList.path)
+        let report = try repair(folder)
+        XCTAssertTrue(report.newUIDValidity)
+        XCTAssertEqual(whats(report).first, "dovecot-uidlist missing")
+        // Renumbered from 1 in Dovecot's order: the same order as the first time.
+        XCTAssertEqual(try mapping(folder), map)
+        XCTAssertEqual(report.messages, 3)
+    }
+
+    func testListMissingWithDovecotIndexKeepsUIDValidityAndN() throws {
+        let (folder, map) = try numberedInbox(2)
+        let v = try XCTUnwrap(folder.uidList.read()).header.uidValidity
+        writeDovecotIndex(folder, uidValidity: v, nextUID: 3)
+        unlink(folder.uidList.path)
+        let report = try repair(folder)
+        XCTAssertFalse(report.newUIDValidity)
+        let list = try XCTUnwrap(folder.uidList.read())
+        XCTAssertEqual(list.header.uidValidity, v)
+        // Numbered again, above every UID Dovecot's index has seen.
+        XCTAssertEqual(list.records.map(\.uid), [3, 4])
+        XCTAssertEqual(list.records.map(\.stem), [map[1]!, map[2]!])
+    }
+
+    func testOrphansBothWays() throws {
+        let (folder, map) = try numberedInbox(3)
+        unlink("\(folder.path)/new/\(map[2]!)")
+        let fresh = MaintenanceFixture.put(folder, MaintenanceFixture.message(9), base: "1600000000.M1P1.mx")
+        let fresher = MaintenanceFixture.put(folder, MaintenanceFixture.message(8), base: "1500000000.M1P1.mx", sub: "cur", flags: "S")
+        let report = try repair(folder)
+        XCTAssertEqual(whats(report), ["uid 2 has no file (\(map[2]!))", "\(fresher) has no uid", "\(fresh) has no uid"])
+        XCTAssertEqual(report.problems.map(\.action), ["dropped", "added as uid 4", "added as uid 5"])
+        XCTAssertEqual(try mapping(folder), [1: map[1]!, 3: map[3]!, 4: fresher, 5: fresh])
+        XCTAssertEqual(report.messages, 4)
+    }
+
+    func testDryRunChangesNothing() throws {
+        let (folder, map) = try numberedInbox(3)
+        unlink("\(folder.path)/new/\(map[2]!)")
+        MaintenanceFixture.put(folder, MaintenanceFixture.message(9), base: "1600000000.M1P1.mx")
+        var bytes = TestFS.read(folder.uidList.path)!
+        bytes.append(contentsOf: Array("garbage".utf8))
+        TestFS.write(folder.uidList.path, bytes)
+        rmdir("\(folder.path)/tmp")
+        let before = TestFS.read(folder.uidList.path)
+        let report = try folder.reconstruct(dryOptions)
+        XCTAssertEqual(report.problems.count, 4, "\(report.problems)")
+        XCTAssertTrue(report.problems.allSatisfy { !$0.repaired && $0.action.hasPrefix("would ") }, "\(report.problems)")
+        XCTAssertEqual(TestFS.read(folder.uidList.path), before)
+        XCTAssertFalse(TestFS.exists("\(folder.path)/tmp"))
+        XCTAssertEqual(report.messages, 3)
+        // The real run does what the dry run said.
+        let real = try repair(folder)
+        XCTAssertEqual(real.problems.map(\.what), report.problems.map(\.what))
+    }
+
+    /// A minimal `dovecot.index` header: major version 7, uid_validity and next_uid.
+    func writeDovecotIndex(_ folder: Folder, uidValidity: UInt32, nextUID: UInt32) {
+        var bytes = [UInt8](repeating: 0, count: 64)
+        bytes[0] = 7
+        for i in 0..<4 {
+            bytes[16 + i] = UInt8(truncatingIfNeeded: uidValidity >> (8 * UInt32(i)))
+            bytes[20 + i] = UInt8(truncatingIfNeeded: nextUID >> (8 * UInt32(i)))
+        }
+        TestFS.write("\(folder.path)/dovecot.index", bytes)
+    }
+}
