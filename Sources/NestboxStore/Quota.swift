@@ -200,7 +200,7 @@ public struct QuotaRoot: Sendable {
         return times
     }
 
-    private func scan() throws -> QuotaUsage {
+    func scan() throws -> QuotaUsage {
         var usage = QuotaUsage()
         for d in try folderDirectories() {
             for sub in ["new", "cur"] {

@@ -380,6 +380,8 @@ struct ReconstructRun {
             for sub in Set(files.filter { $0.renamed }.map(\.sub)) { try Files.fsyncDirectory("\(path)/\(sub)") }
         }
 
+        try checkKeywords(files)
+
         // Join: records whose file is gone are dropped, files with no record are numbered.
         let present = Set(files.map(\.name.stem))
         var kept: [UIDList.Record] = []
@@ -451,6 +453,28 @@ struct ReconstructRun {
         }
     }
 
+    /// Keyword letters used in file names with no name in dovecot-keywords: reported only (a
+    /// name cannot be guessed; Dovecot shows such letters as no keyword at all).
+    mutating func checkKeywords(_ files: [FileEntry]) throws {
+        var users: [Character: Int] = [:]
+        for f in files {
+            for c in f.name.flagLetters where c.isASCII && c.isLowercase { users[c, default: 0] += 1 }
+        }
+        guard !users.isEmpty else { return }
+        let keywordsPath = "\(path)/\(Keywords.fileName)"
+        let table: Keywords
+        do {
+            table = try Keywords.read(folder: path)
+        } catch {
+            report("dovecot-keywords unreadable: \(error)", keywordsPath, done: "left", would: "would leave", repaired: false)
+            return
+        }
+        for (letter, count) in users.sorted(by: { $0.key < $1.key }) where table.name(of: letter) == nil {
+            report("keyword letter \(letter) used by \(count) file\(count == 1 ? "" : "s") has no name in dovecot-keywords",
+                   keywordsPath, done: "left (no name to give it)", would: "would leave (no name to give it)", repaired: false)
+        }
+    }
+
     /// One message file of new/ or cur/.
     struct FileEntry {
         var sub: String
@@ -489,7 +513,7 @@ struct ReconstructRun {
         var out: [FileEntry] = []
         for sub in ["new", "cur"] {
             let dir = "\(path)/\(sub)"
-            for fileName in try Files.list(dir) ?? [] {
+            for fileName in (try Files.list(dir) ?? []).sorted() {
                 session.keepAlive()
                 let p = "\(dir)/\(fileName)"
                 let name = MaildirName(fileName)
@@ -545,5 +569,31 @@ struct ReconstructRun {
             try Files.fsyncDirectory(Files.directoryName(file))
         }
         report(what, file, done: "moved to \(target)", would: "would move to lost+found/")
+    }
+}
+
+extension QuotaRoot {
+    /// maildirsize against the files: recalculated (limits kept) when it disagrees; nil when fine
+    /// or when there is no maildirsize. A limits line that cannot be read is reported and left
+    /// (rewriting it would lose the limits).
+    public func reconstruct(dryRun: Bool) throws -> ReconstructProblem? {
+        guard let bytes = try Files.read(path, limit: 1 << 20) else { return nil }
+        guard let parsed = MaildirSize.parse(bytes) else {
+            return ReconstructProblem(what: "line 1: bad limits \"\(Names.printable(String(decoding: bytes.prefix(60), as: UTF8.self)))\"",
+                                      path: path, action: dryRun ? "would leave (set the limits again)" : "left (set the limits again)",
+                                      repaired: false)
+        }
+        let actual = try scan()
+        var what: String? = nil
+        if parsed.damaged {
+            what = "unparsable line"
+        } else if parsed.usage != actual {
+            what = "says \(parsed.usage.bytes) bytes in \(parsed.usage.messages) messages; the folders hold \(actual.bytes) in \(actual.messages)"
+        }
+        guard let what else { return nil }
+        if dryRun { return ReconstructProblem(what: what, path: path, action: "would recalculate", repaired: false) }
+        let fresh = try recalculate(limits: parsed.limits)
+        return ReconstructProblem(what: what, path: path,
+                                  action: "recalculated: \(fresh.usage.bytes) bytes, \(fresh.usage.messages) messages", repaired: true)
     }
 }

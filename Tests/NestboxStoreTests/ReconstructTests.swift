@@ -256,6 +256,160 @@ final class ReconstructTests: TempDirTestCase {
         XCTAssertEqual(real.problems.map(\.what), report.problems.map(\.what))
     }
 
+    func testTwoFilesWithOneBase() throws {
+        let (folder, map) = try numberedInbox(2)
+        let base = MaildirName(map[1]!).base
+        let twin = MaintenanceFixture.put(folder, "twin two\n", base: base, sub: "cur", flags: "S")
+        let report = try repair(folder)
+        XCTAssertEqual(report.problems.count, 2, "\(report.problems)")
+        XCTAssertEqual(report.problems.first?.what, "base \(base) used by two files")
+        XCTAssertEqual(report.problems.first?.path, "\(folder.path)/cur/\(twin):2,S")
+        XCTAssertEqual(report.problems.last?.action, "added as uid 3")
+        let after = try mapping(folder)
+        XCTAssertEqual(after[1], map[1])
+        XCTAssertEqual(after[2], map[2])
+        let renamed = try XCTUnwrap(after[3])
+        XCTAssertNotEqual(MaildirName(renamed).base, base)
+        XCTAssertTrue(renamed.hasSuffix(",S=9,W=10"), renamed)
+        // Flags and contents kept.
+        XCTAssertEqual(TestFS.readText("\(folder.path)/cur/\(renamed):2,S"), "twin two\n")
+        XCTAssertFalse(TestFS.exists("\(folder.path)/cur/\(twin):2,S"))
+    }
+
+    func testWrongAndMissingSizesKeepTheirUIDs() throws {
+        let folder = try MaintenanceFixture.inbox(dir)
+        // 12 bytes, 3 LFs (W=15); 11 bytes, 2 LFs (W=13).
+        TestFS.write("\(folder.path)/cur/1700000020.M1P1.mx,S=99,W=15:2,S", "line one\nx\n\n")
+        TestFS.write("\(folder.path)/new/1700000021.M1P1.mx", "line one\nx\n")
+        TestFS.write("\(folder.path)/new/1700000022.M1P1.mx,S=11,W=11", "line one\nx\n")
+        try folder.assignUIDs(options: MaintenanceFixture.lockPolicy)
+        let report = try folder.reconstruct(options)
+        XCTAssertEqual(whats(report), [
+            "file name has no ,S=; the file has 11 bytes",
+            "file name has no ,W=; RFC822.SIZE is 13",
+            "file name has ,S=99; the file has 12 bytes",
+        ])
+        XCTAssertTrue(report.problems.allSatisfy(\.repaired))
+        XCTAssertEqual(try mapping(folder), [1: "1700000020.M1P1.mx,S=12,W=15", 2: "1700000021.M1P1.mx,S=11,W=13",
+                                             3: "1700000022.M1P1.mx,S=11,W=11"])
+        XCTAssertEqual(TestFS.readText("\(folder.path)/cur/1700000020.M1P1.mx,S=12,W=15:2,S"), "line one\nx\n\n")
+        // ,W= is only checked by reading, which -G asks for.
+        XCTAssertEqual(try folder.reconstruct(options).problems, [])
+        var reread = options
+        reread.rereadMessages = true
+        let second = try repair(folder, reread)
+        XCTAssertEqual(whats(second), ["file name has ,W=11; RFC822.SIZE is 13"])
+        XCTAssertEqual(try mapping(folder)[3], "1700000022.M1P1.mx,S=11,W=13")
+    }
+
+    func testSkipStatTrustsNames() throws {
+        let folder = try MaintenanceFixture.inbox(dir)
+        TestFS.write("\(folder.path)/new/1700000020.M1P1.mx,S=99,W=15", "line one\nx\n\n")
+        try folder.assignUIDs(options: MaintenanceFixture.lockPolicy)
+        var o = options
+        o.skipStat = true
+        XCTAssertEqual(try folder.reconstruct(o).problems, [])
+    }
+
+    func testEmptyFileMovedToLostAndFound() throws {
+        let (folder, map) = try numberedInbox(2)
+        let file = "\(folder.path)/new/\(map[2]!)"
+        TestFS.write(file, [])
+        let report = try repair(folder)
+        XCTAssertEqual(whats(report), ["empty message file", "uid 2 has no file (\(map[2]!))"])
+        XCTAssertEqual(report.problems.first?.path, file)
+        XCTAssertEqual(report.problems.first?.action, "moved to \(folder.path)/lost+found/\(map[2]!)")
+        XCTAssertTrue(TestFS.exists("\(folder.path)/lost+found/\(map[2]!)"))
+        var st = stat()
+        XCTAssertEqual(lstat("\(folder.path)/lost+found", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o700)
+        XCTAssertEqual(try mapping(folder), [1: map[1]!])
+        XCTAssertEqual(report.messages, 1)
+    }
+
+    func testDirectoriesMarkersAndStaleTemporaryFiles() throws {
+        let root = try MaintenanceFixture.inbox(dir)
+        let work = Folder(path: "\(root.path)/.Work", mailRoot: root.path, name: "Work")
+        try work.create()
+        unlink("\(work.path)/maildirfolder")
+        rmdir("\(work.path)/new")
+        TestFS.write("\(root.path)/maildirfolder", "")
+        TestFS.write("\(root.path)/tmp/old", "x")
+        TestFS.age("\(root.path)/tmp/old", by: 37 * 3600)
+        TestFS.write("\(root.path)/tmp/young", "x")
+        TestFS.age("\(root.path)/tmp/young", by: 35 * 3600)
+
+        let dry = try root.reconstruct(dryOptions)
+        XCTAssertEqual(dry.problems.map(\.action), ["would remove", "would remove"])
+        XCTAssertTrue(TestFS.exists("\(root.path)/tmp/old"))
+
+        let r = try repair(root)
+        XCTAssertEqual(r.problems.map(\.what), ["maildirfolder in the root folder (breaks quota lookups)", "temporary file older than 36 hours"])
+        XCTAssertFalse(TestFS.exists("\(root.path)/maildirfolder"))
+        XCTAssertFalse(TestFS.exists("\(root.path)/tmp/old"))
+        XCTAssertTrue(TestFS.exists("\(root.path)/tmp/young"))
+
+        let w = try repair(work)
+        XCTAssertEqual(w.problems.map(\.what), ["new/ missing", "maildirfolder missing"])
+        XCTAssertTrue(Files.isDirectory("\(work.path)/new"))
+        XCTAssertTrue(TestFS.exists("\(work.path)/maildirfolder"))
+    }
+
+    func testOddFiles() throws {
+        let (folder, map) = try numberedInbox(1)
+        TestFS.write("\(folder.path)/cur/.hidden", "x")
+        symlink("/etc/passwd", "\(folder.path)/new/1700000099.M1P1.mx")
+        TestFS.mkdirs("\(folder.path)/cur/adir")
+        let left = try folder.reconstruct(options)
+        XCTAssertEqual(Set(left.problems.map(\.what)), ["not a message file", "directory in cur/"])
+        XCTAssertEqual(left.problems.count, 3)
+        XCTAssertTrue(left.problems.allSatisfy { !$0.repaired })
+        XCTAssertTrue(TestFS.exists("\(folder.path)/cur/.hidden"))
+        var o = options
+        o.removeOddFiles = true
+        let removed = try folder.reconstruct(o)
+        XCTAssertEqual(removed.problems.filter(\.repaired).count, 2, "\(removed.problems)")
+        XCTAssertFalse(TestFS.exists("\(folder.path)/cur/.hidden"))
+        XCTAssertEqual(TestFS.list("\(folder.path)/new"), [map[1]!])
+        XCTAssertTrue(Files.isDirectory("\(folder.path)/cur/adir"))
+        XCTAssertEqual(try mapping(folder), map)
+    }
+
+    func testKeywordLettersWithoutNames() throws {
+        let folder = try MaintenanceFixture.inbox(dir)
+        MaintenanceFixture.put(folder, MaintenanceFixture.message(1), base: "1700000020.M1P1.mx", sub: "cur", flags: "Sab")
+        MaintenanceFixture.put(folder, MaintenanceFixture.message(2), base: "1700000021.M1P1.mx", sub: "cur", flags: "b")
+        try folder.assignUIDs(options: MaintenanceFixture.lockPolicy)
+        TestFS.write("\(folder.path)/dovecot-keywords", "0 Work\n")
+        let report = try folder.reconstruct(options)
+        XCTAssertEqual(report.problems, [ReconstructProblem(
+            what: "keyword letter b used by 2 files has no name in dovecot-keywords", path: "\(folder.path)/dovecot-keywords",
+            action: "left (no name to give it)", repaired: false)])
+    }
+
+    func testQuota() throws {
+        let (folder, _) = try numberedInbox(2)
+        let quota = QuotaRoot(root: folder.mailRoot)
+        XCTAssertNil(try quota.reconstruct(dryRun: false))  // no maildirsize: no quota
+        TestFS.write(quota.path, "1000S,10C\n36 1\n")
+        let dry = try XCTUnwrap(quota.reconstruct(dryRun: true))
+        XCTAssertEqual(dry.what, "says 36 bytes in 1 messages; the folders hold 72 in 2")
+        XCTAssertEqual(dry.action, "would recalculate")
+        XCTAssertFalse(dry.repaired)
+        XCTAssertEqual(TestFS.readText(quota.path), "1000S,10C\n36 1\n")
+        let fixed = try XCTUnwrap(quota.reconstruct(dryRun: false))
+        XCTAssertTrue(fixed.repaired)
+        XCTAssertEqual(TestFS.readText(quota.path), "1000S,10C\n72 2\n")
+        XCTAssertNil(try quota.reconstruct(dryRun: false))
+        TestFS.write(quota.path, "1000S,10C\n72 2\nnonsense\n")
+        XCTAssertEqual(try quota.reconstruct(dryRun: false)?.what, "unparsable line")
+        XCTAssertEqual(TestFS.readText(quota.path), "1000S,10C\n72 2\n")
+        TestFS.write(quota.path, "lots\n72 2\n")
+        let bad = try XCTUnwrap(quota.reconstruct(dryRun: false))
+        XCTAssertFalse(bad.repaired)
+        XCTAssertEqual(TestFS.readText(quota.path), "lots\n72 2\n")
+    }
+
     /// A minimal `dovecot.index` header: major version 7, uid_validity and next_uid.
     func writeDovecotIndex(_ folder: Folder, uidValidity: UInt32, nextUID: UInt32) {
         var bytes = [UInt8](repeating: 0, count: 64)
