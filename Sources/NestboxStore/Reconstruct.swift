@@ -7,7 +7,9 @@
 //   strict parser stops at the first bad line): every readable `uid -> stem` record whose file
 //   still exists is kept, with the UIDVALIDITY and the GUID of the header when they can be read.
 // - N never goes down: the new N is above the old N (when readable) and above every UID seen in
-//   any readable record, kept or not, so no UID is ever given twice under one UIDVALIDITY.
+//   any readable record, kept or not (and the UID of a torn last line), so no UID is ever given
+//   twice under one UIDVALIDITY. An N at or below the last record is not damage: it is how the
+//   store appends (the header is never rewritten; the effective next UID is max(N, last + 1)).
 //   Files with no record are numbered above that, in Dovecot's order (Folder.dovecotOrder).
 // - Two records for one stem: the lower UID is kept. One UID for two stems: the first record is
 //   kept, the other file is numbered again. Two files with one base (Dovecot keys messages by
@@ -320,7 +322,7 @@ struct ReconstructRun {
         var byBase: [String: [Int]] = [:]
         for (i, f) in files.enumerated() { byBase[f.name.base, default: []].append(i) }
         var fresh: Set<Int> = []
-        for (base, indexes) in byBase where indexes.count > 1 {
+        for (base, indexes) in byBase.sorted(by: { $0.key < $1.key }) where indexes.count > 1 {
             let keeper = indexes.min { a, b in
                 let ua = byStem[files[a].name.stem]?.uid ?? UInt32.max, ub = byStem[files[b].name.stem]?.uid ?? UInt32.max
                 return (ua, files[a].sub, files[a].name.fileName) < (ub, files[b].sub, files[b].name.fileName)
@@ -354,14 +356,22 @@ struct ReconstructRun {
             session.keepAlive()
             let f = files[i]
             let newStem = f.newStem
-            let newName = MaildirName(stem: newStem, info: f.name.info)
-            let target = "\(path)/\(f.sub)/\(newName.fileName)"
+            let target = "\(path)/\(f.sub)/\(MaildirName(stem: newStem, info: f.name.info).fileName)"
+            var from = f.path, to = target
             if !dry {
-                if Files.exists(target) {
-                    problems.append(ReconstructProblem(what: "cannot rename: \(target) exists", path: f.path, action: "left", repaired: false))
+                // Dovecot renames files to change flags without the uidlist lock: a file not
+                // found under its scanned name is looked for again by its stem.
+                if !Files.exists(from), let (sub, current) = try findByStem(f.name.stem) {
+                    from = "\(path)/\(sub)/\(current.fileName)"
+                    to = "\(path)/\(sub)/\(MaildirName(stem: newStem, info: current.info).fileName)"
+                    files[i].sub = sub
+                }
+                if Files.exists(to) || !Files.exists(from) {
+                    problems.append(ReconstructProblem(what: Files.exists(to) ? "cannot rename: \(to) exists" : "file vanished before its rename",
+                                                       path: from, action: "left", repaired: false))
                     continue
                 }
-                try Files.rename(f.path, target)
+                try Files.rename(from, to)
             }
             if !fresh.contains(i), let record = byStem[f.name.stem] {
                 byStem[f.name.stem] = nil
@@ -370,7 +380,7 @@ struct ReconstructRun {
                 byStem[newStem] = moved
                 listChanged = true
             }
-            files[i].name = newName
+            files[i].name = MaildirName(Files.baseName(to))
             files[i].renamed = true
             files[i].newBase = nil
             files[i].fixSize = nil
@@ -425,7 +435,7 @@ struct ReconstructRun {
             return
         }
         var list = UIDList(header: UIDList.Header(uidValidity: uidValidity ?? 1, nextUID: next,
-                                                   guid: recovered.guid.isEmpty ? hexString(randomBytes(16)) : recovered.guid,
+                                                   guid: recovered.guid,
                                                    extra: recovered.extra),
                            records: kept)
         for stem in newStems {
@@ -442,6 +452,8 @@ struct ReconstructRun {
                                                    path: listPath, action: "would take a new UIDVALIDITY", repaired: false))
             } else {
                 list.header.uidValidity = try UIDValidity.next(mailRoot: folder.mailRoot, options: options.lockPolicy)
+                // A new mailbox as far as clients can tell: a GUID of its own unless one was read.
+                if list.header.guid.isEmpty { list.header.guid = hexString(randomBytes(16)) }
                 problems.append(ReconstructProblem(what: "no UIDVALIDITY can be recovered: clients will download the folder again",
                                                    path: listPath, action: "took new UIDVALIDITY \(list.header.uidValidity)", repaired: true))
             }
@@ -554,6 +566,16 @@ struct ReconstructRun {
         return out
     }
 
+    /// Where the file whose stem is `stem` is now (new/ or cur/), if anywhere.
+    func findByStem(_ stem: String) throws -> (String, MaildirName)? {
+        for sub in ["new", "cur"] {
+            if let name = (try Files.list("\(path)/\(sub)") ?? []).lazy.map(MaildirName.init).first(where: { $0.stem == stem }) {
+                return (sub, name)
+            }
+        }
+        return nil
+    }
+
     /// Moves `file` to `<folder>/lost+found/` (made 0700), under a name not taken there.
     mutating func moveToLostAndFound(_ file: String, because what: String) throws {
         let dir = "\(path)/lost+found"
@@ -565,8 +587,10 @@ struct ReconstructRun {
                 target = "\(dir)/\(Files.baseName(file)).\(n)"
                 n += 1
             }
+            guard Files.exists(file) else { return }  // gone meanwhile
             try Files.rename(file, target)
             try Files.fsyncDirectory(Files.directoryName(file))
+            try Files.fsyncDirectory(dir)
         }
         report(what, file, done: "moved to \(target)", would: "would move to lost+found/")
     }

@@ -138,6 +138,29 @@ final class ReconstructTests: TempDirTestCase {
         XCTAssertTrue(header(folder).contains(" N9"), header(folder))
     }
 
+    /// The path an administrator meets: deliveries fail on a damaged list, reconstruct repairs
+    /// it, the next delivery succeeds and every message keeps its UID.
+    func testDeliveryFailsThenSucceedsAfterRepair() throws {
+        let (folder, map) = try numberedInbox(3)
+        let lines = listText(folder).split(separator: "\n").map(String.init)
+        // A garbage line, and a torn last line: the append has to parse the whole list.
+        TestFS.write(folder.uidList.path, [lines[0], lines[1], "garbage", lines[2], lines[3], "4 :17"].joined(separator: "\n"))
+        let session = try folder.beginUIDListSession(options: MaintenanceFixture.lockPolicy)
+        XCTAssertThrowsError(try session.append(["1700000099.M1P1.mx,S=36,W=40"])) { error in
+            XCTAssertTrue("\(error)".contains("nestbox-reconstruct"), "\(error)")
+        }
+        session.finish()
+        let report = try repair(folder)
+        XCTAssertEqual(report.problems.count, 2, "\(report.problems)")
+        XCTAssertEqual(try mapping(folder), map)
+        let delivered = MaintenanceFixture.put(folder, MaintenanceFixture.message(7), base: "1700000099.M1P1.mx")
+        XCTAssertEqual(try folder.assignUIDs(options: MaintenanceFixture.lockPolicy), 1)
+        // UID 4 was seen in the torn line: never given again.
+        var expected = map
+        expected[5] = delivered
+        XCTAssertEqual(try mapping(folder), expected)
+    }
+
     func testOneUIDForTwoFiles() throws {
         let (folder, map) = try numberedInbox(3)
         let lines = listText(folder).split(separator: "\n").map(String.init)
