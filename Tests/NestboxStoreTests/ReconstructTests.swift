@@ -433,6 +433,26 @@ final class ReconstructTests: TempDirTestCase {
         XCTAssertEqual(TestFS.readText(quota.path), "lots\n72 2\n")
     }
 
+    func testDryRunLeavesFilesWhereTheyAre() throws {
+        let (folder, map) = try numberedInbox(2)
+        MaintenanceFixture.put(folder, "twin two\n", base: MaildirName(map[1]!).base, sub: "cur", flags: "S")
+        TestFS.write("\(folder.path)/new/\(map[2]!)", [])
+        TestFS.write("\(folder.path)/new/1700000030.M1P1.mx", "no sizes\n")
+        let names = TestFS.list("\(folder.path)/new") + TestFS.list("\(folder.path)/cur")
+        let list = TestFS.read(folder.uidList.path)
+        let dry = try folder.reconstruct(dryOptions)
+        XCTAssertEqual(TestFS.list("\(folder.path)/new") + TestFS.list("\(folder.path)/cur"), names)
+        XCTAssertEqual(TestFS.read(folder.uidList.path), list)
+        XCTAssertFalse(TestFS.exists("\(folder.path)/lost+found"))
+        XCTAssertTrue(dry.problems.allSatisfy { !$0.repaired && $0.action.hasPrefix("would ") }, "\(dry.problems)")
+        let real = try repair(folder)
+        // The same problems, but for the fresh base of the twin (made anew by each run).
+        XCTAssertEqual(real.problems.count, dry.problems.count)
+        XCTAssertEqual(real.problems.map(\.what).dropLast(), dry.problems.map(\.what).dropLast())
+        XCTAssertEqual(real.messages, dry.messages)
+        XCTAssertEqual(try mapping(folder)[1], map[1])
+    }
+
     /// A minimal `dovecot.index` header: major version 7, uid_validity and next_uid.
     func writeDovecotIndex(_ folder: Folder, uidValidity: UInt32, nextUID: UInt32) {
         var bytes = [UInt8](repeating: 0, count: 64)
