@@ -129,6 +129,8 @@ public final class GroupCommit: @unchecked Sendable {
                 session.finish()
                 throw NestboxFailure(.temporary, "\(folder.path): folder renamed or replaced during delivery")
             }
+            // A list that could not take the new UIDs defers the round before anything moves.
+            do { try session.checkAppendable() } catch { session.finish(); throw error }
         } catch {
             for t in round { t.failure = error }
             return

@@ -200,6 +200,9 @@ extension Folder {
         guard Files.isDirectory(path) else {
             throw NestboxFailure(.userUnknown, "\(path): no such folder")
         }
+        // Nothing below the mail root is repaired through a symbolic link: a link on the way to
+        // the folder or at its tmp/ new/ cur/ is a temporary failure naming it.
+        _ = try checkLinks()
         var run = ReconstructRun(folder: self, options: options)
         try run.directories()
         let session = try beginUIDListSession(options: options.lockPolicy)

@@ -289,7 +289,7 @@ public struct UIDListFile: Sendable {
         do {
             header = try UIDList.parseHeader(Substring(String(decoding: head[..<nl], as: UTF8.self)))
         } catch {
-            throw NestboxFailure(.temporary, "\(path): \(error)")
+            throw NestboxFailure(.temporary, "\(path): \(error); run nestbox-reconstruct")
         }
         guard header.version >= 2 else { return nil }
         if nl == size - 1 { return (header, 0, []) }
@@ -330,24 +330,47 @@ public struct UIDListFile: Sendable {
     }
 
     private func rewriteAppending(_ stems: [String], uidValidityLock: DotLock.Options) throws -> [UInt32] {
-        guard let bytes = try Files.read(path, limit: 1 << 30) else {
+        guard var list = try readForRewrite(warn: true) else {
             return try appendLocked(stems, uidValidityLock: uidValidityLock)
-        }
-        var lines = bytes.split(separator: 10, omittingEmptySubsequences: false).map { Array($0) }
-        if bytes.last != 10, !lines.isEmpty {
-            Log.warning("\(path): dropping torn last line \"\(Names.printable(String(decoding: lines.last!, as: UTF8.self)))\"")
-            lines.removeLast()
-        }
-        var list: UIDList
-        do {
-            list = try UIDList.parse(Array(lines.joined(separator: [10])) + [10])
-        } catch {
-            throw NestboxFailure(.temporary, "\(path): \(error); run nestbox-reconstruct")
         }
         if list.header.version < 3 { list.header.version = 3 }
         let uids = list.appending(stems)
         try replaceLocked(list.serialized())
         return uids
+    }
+
+    /// The whole list without a torn last line (a write cut short: dropped, as Dovecot does);
+    /// nil when there is none. Anything else that does not parse is a temporary failure naming
+    /// nestbox-reconstruct.
+    private func readForRewrite(warn: Bool) throws -> UIDList? {
+        guard let bytes = try Files.read(path, limit: 1 << 30) else { return nil }
+        var lines = bytes.split(separator: 10, omittingEmptySubsequences: false).map { Array($0) }
+        if bytes.last != 10, !lines.isEmpty {
+            if warn { Log.warning("\(path): dropping torn last line \"\(Names.printable(String(decoding: lines.last!, as: UTF8.self)))\"") }
+            lines.removeLast()
+        }
+        do {
+            return try UIDList.parse(Array(lines.joined(separator: [10])) + [10])
+        } catch {
+            throw NestboxFailure(.temporary, "\(path): \(error); run nestbox-reconstruct")
+        }
+    }
+
+    /// Throws, the caller holding the lock, when `appendLocked` could not number new files: a
+    /// list damaged beyond a torn last line. The group commit asks before it moves any file
+    /// into new/, so that a damaged list defers deliveries (naming nestbox-reconstruct) instead
+    /// of leaving their files unnumbered. Reads only the ends of a healthy list.
+    public func checkAppendable() throws {
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0 {
+            if errno == ENOENT { return }
+            throw NestboxFailure.system("open", path)
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw NestboxFailure.system("fstat", path) }
+        if try readEnds(fd, size: Int(st.st_size)) != nil { return }
+        _ = try readForRewrite(warn: false)
     }
 
     /// Replaces the list with `bytes`, the caller holding the lock: `dovecot-uidlist.tmp` (a

@@ -101,6 +101,12 @@ public final class UIDListSession {
     /// creates the list with a fresh UIDVALIDITY if there is none. With `keepOpen`, the lines
     /// are not fdatasynced: the list's descriptor is handed over for the caller to sync after
     /// `finish()` (the group commit's way; UIDListFile.appendLocked).
+    /// Throws when the list is too damaged to number new files (see UIDListFile.checkAppendable).
+    public func checkAppendable() throws {
+        requireOpen()
+        try file.checkAppendable()
+    }
+
     public func append(_ stems: [String], keepOpen: ((Int32) -> Void)? = nil) throws -> [UInt32] {
         requireOpen()
         return try file.appendLocked(stems, keepOpen: keepOpen, uidValidityLock: options)

@@ -58,6 +58,10 @@ public struct Outcome: Sendable, Equatable, CustomStringConvertible {
     public static let noPermission = Outcome(exitCode: 77, name: "EX_NOPERM", status: "5.7.1", replyCode: 550, text: "Permission denied")
     public static let config = Outcome(exitCode: 78, name: "EX_CONFIG", status: "4.3.5", replyCode: 451, text: "Local configuration error")
 
+    /// The maintenance tools' "problems remain" (nestbox-reconstruct: something found and not,
+    /// or with -n not yet, repaired). Not a delivery outcome: not in `table`.
+    public static let problemsRemain = Outcome(exitCode: 1, name: "PROBLEMS", status: "4.0.0", replyCode: 451, text: "Problems remain")
+
     /// Every row, in exit-code order (manual pages and tests walk this list).
     public static let table: [Outcome] = [
         .delivered, .usage, .dataError, .badAddress, .userUnknown, .tooBig, .overQuotaPermanent,
