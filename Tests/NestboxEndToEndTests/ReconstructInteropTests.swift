@@ -1,0 +1,210 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import XCTest
+
+/// nestbox-reconstruct against real Dovecot: a table of damaged uidlists and folders (each on a
+/// mailbox the store delivered and Dovecot served), an IMAP session that stays open across a
+/// repair, and repairs running while LMTP deliveries pour into the same folder.
+final class ReconstructInteropTests: XCTestCase {
+    static let imapBinary = "/usr/lib/dovecot/imap"
+
+    var fixture: DeliverFixture!
+    var home = ""
+
+    override func setUpWithError() throws {
+        try super.setUpWithError()
+        guard Harness.isRoot else { throw XCTSkip("needs root (files belong to the mail owner)") }
+        guard FileManager.default.isExecutableFile(atPath: Harness.binary("nestbox-reconstruct")) else {
+            XCTFail("built program not found: \(Harness.binary("nestbox-reconstruct"))")
+            throw XCTSkip("no binary")
+        }
+        fixture = try DeliverFixture("reconstruct-interop")
+        home = try fixture.makeUser("alice")
+    }
+
+    override func tearDown() {
+        fixture = nil
+        super.tearDown()
+    }
+
+    func message(_ n: Int) -> String {
+        "From: a@example.org\nSubject: number \(n)\nMessage-ID: <x\(n)@example.org>\n\nbody \(n)\n"
+    }
+
+    func reconstruct(_ arguments: [String]) throws -> Harness.Result {
+        try Harness.run(Harness.binary("nestbox-reconstruct"), ["-C", fixture.configPath] + arguments)
+    }
+
+    static let complaints = ["UIDVALIDITY changed", "corrupt", "renumber", "Duplicate file", "Panic", "Error"]
+
+    /// Message-ID -> "uid flags" as Dovecot reports them (\Recent left out: it depends on who
+    /// looked first), and doveadm's stderr.
+    func dovecotView(_ dovecot: Dovecot) throws -> (view: [String: [String]], stderr: String) {
+        let r = try dovecot.doveadm(["fetch", "uid flags hdr.message-id", "mailbox", "INBOX", "all"])
+        var view: [String: [String]] = [:]
+        for m in Dovecot.parseFetch(r.stdout, fields: ["uid", "flags", "hdr.message-id"]) {
+            let id = (m["hdr.message-id"] ?? "").trimmingCharacters(in: .whitespaces)
+            let flags = (m["flags"] ?? "").split(separator: " ").filter { $0 != "\\Recent" }.sorted().joined(separator: " ")
+            view[id, default: []].append("\(m["uid"] ?? "?") \(flags)")
+        }
+        return (view, r.stderr)
+    }
+
+    /// Ten delivered messages, flags set through Dovecot (so it has served the folder and its
+    /// index files exist).
+    func populate() throws -> Dovecot {
+        for n in 1...10 { XCTAssertEqual(try fixture.deliver(["alice"], message(n)).status, 0) }
+        let dovecot = try Dovecot(mailRoot: home)
+        _ = try dovecot.doveadm(["flags", "add", "\\Seen \\Flagged", "mailbox", "INBOX", "uid", "2"])
+        _ = try dovecot.doveadm(["flags", "add", "\\Answered", "mailbox", "INBOX", "uid", "5"])
+        _ = try dovecot.doveadm(["flags", "add", "\\Seen", "mailbox", "INBOX", "uid", "9"])
+        return dovecot
+    }
+
+    var listPath: String { "\(home)/dovecot-uidlist" }
+
+    func listLines() -> [String] {
+        Harness.read(listPath).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+    }
+
+    func writeList(_ lines: [String]) throws { try fixture.writeFile(listPath, lines.joined(separator: "\n")) }
+
+    /// The message file of uid `uid`, as the list names it (path in new/ or cur/).
+    func file(ofUID uid: Int) throws -> String {
+        let line = try XCTUnwrap(listLines().dropFirst().first { $0.hasPrefix("\(uid) ") })
+        let stem = String(line[line.index(after: try XCTUnwrap(line.firstIndex(of: ":")))...])
+        for sub in ["new", "cur"] {
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: "\(home)/\(sub)")) ?? [] where name.hasPrefix(stem) {
+                return "\(home)/\(sub)/\(name)"
+            }
+        }
+        throw LMTPTestError("no file for uid \(uid)")
+    }
+
+    func baseOf(_ path: String) -> String {
+        let name = (path as NSString).lastPathComponent
+        return String(name.prefix { $0 != "," && $0 != ":" })
+    }
+
+    struct Case {
+        var name: String
+        /// Damages the folder; returns the report fragments the repair must print.
+        var damage: (ReconstructInteropTests) throws -> [String]
+        /// Message-IDs that are gone after the repair.
+        var gone: Set<String> = []
+        /// Message-ID -> the "uid flags" entries Dovecot must show after the repair (when they
+        /// differ from before the damage).
+        var changed: [String: [String]] = [:]
+    }
+
+    static let cases: [Case] = [
+        Case(name: "torn last line", damage: { t in
+            let text = Harness.read(t.listPath)
+            try t.fixture.writeFile(t.listPath, String(text.dropLast(10)))
+            return ["torn last line", "has no uid", "added as uid 11"]
+        }, changed: ["<x10@example.org>": ["11 "]]),
+        Case(name: "garbage line in the middle", damage: { t in
+            var lines = t.listLines()
+            lines.insert("garbage that is no record", at: 5)
+            try t.writeList(lines)
+            return ["uidlist line 6: garbage", "dropped"]
+        }),
+        Case(name: "two records swapped", damage: { t in
+            var lines = t.listLines()
+            lines.swapAt(3, 4)
+            try t.writeList(lines)
+            return ["uid 3 not above 4", "sorted"]
+        }),
+        Case(name: "duplicated record line", damage: { t in
+            var lines = t.listLines()
+            lines.insert(lines[5], at: 6)
+            try t.writeList(lines)
+            return ["uids 5 and 5 both name", "kept uid 5"]
+        }),
+        Case(name: "header N lower than the records", damage: { t in
+            var lines = t.listLines()
+            lines[0] = lines[0].split(separator: " ").map { $0.hasPrefix("N") ? "N3" : String($0) }.joined(separator: " ")
+            try t.writeList(lines)
+            return []   // the store's own format: appends never rewrite N
+        }),
+        Case(name: "record whose file was deleted", damage: { t in
+            try FileManager.default.removeItem(atPath: try t.file(ofUID: 3))
+            return ["uid 3 has no file", "dropped"]
+        }, gone: ["<x3@example.org>"]),
+        Case(name: "message file with no record", damage: { t in
+            let source = try t.file(ofUID: 4)
+            let name = (source as NSString).lastPathComponent
+            let fresh = "\(t.home)/new/1700000000.M1P1Q1.test" + name[name.firstIndex(of: ",")!...]
+            try FileManager.default.copyItem(atPath: source, toPath: fresh)
+            try Harness.chownToMailOwner(fresh)
+            return ["1700000000.M1P1Q1.test", "has no uid", "added as uid 11"]
+        }, changed: ["<x4@example.org>": ["4 ", "11 "]]),
+        Case(name: "two files with the same base", damage: { t in
+            let source = try t.file(ofUID: 6)
+            let name = (source as NSString).lastPathComponent
+            let stem = String(name.prefix { $0 != ":" })
+            let twin = source.contains("/new/") ? "\(t.home)/cur/\(stem):2," : "\(t.home)/new/\(stem)"
+            try FileManager.default.copyItem(atPath: source, toPath: twin)
+            try Harness.chownToMailOwner(twin)
+            return ["base \(t.baseOf(source)) used by two files", "renamed to base", "added as uid 11"]
+        }, changed: ["<x6@example.org>": ["6 ", "11 "]]),
+        Case(name: "wrong size in the file name", damage: { t in
+            let source = try t.file(ofUID: 7)
+            let wrong = source.replacingOccurrences(of: ",S=", with: ",S=9")
+            try FileManager.default.moveItem(atPath: source, toPath: wrong)
+            return ["file name has ,S=9", "renamed with ,S="]
+        }),
+        Case(name: "empty message file", damage: { t in
+            let source = try t.file(ofUID: 8)
+            try t.fixture.writeFile(source, "")
+            return ["empty message file", "moved to", "lost+found", "uid 8 has no file"]
+        }, gone: ["<x8@example.org>"]),
+    ]
+
+    func testCorruptionTableKeepsUIDsAndFlagsDovecotSees() throws {
+        for c in Self.cases {
+            do { try check(c) } catch { XCTFail("\(c.name): \(error)") }
+        }
+    }
+
+    func check(_ c: Case) throws {
+        do {
+            // A fresh mailbox per case.
+            fixture = try DeliverFixture("reconstruct-interop")
+            home = try fixture.makeUser("alice")
+            let dovecot = try populate()
+            let before = try dovecotView(dovecot).view
+            XCTAssertEqual(before.count, 10, c.name)
+            XCTAssertEqual(before["<x2@example.org>"], ["2 \\Flagged \\Seen"], c.name)
+
+            let expected = try c.damage(self)
+            let repair = try reconstruct(["user/alice"])
+            XCTAssertEqual(repair.status, 0, "\(c.name): \(repair.stdout) \(repair.stderr)")
+            for fragment in expected {
+                XCTAssertTrue(repair.stdout.contains(fragment), "\(c.name): no \"\(fragment)\" in:\n\(repair.stdout)")
+            }
+            XCTAssertFalse(repair.stdout.contains("UIDVALIDITY"), "\(c.name): \(repair.stdout)")
+
+            let (after, stderr) = try dovecotView(dovecot)
+            for complaint in Self.complaints {
+                XCTAssertFalse(stderr.contains(complaint), "\(c.name): doveadm: \(stderr)")
+            }
+            for (id, entries) in before where !c.gone.contains(id) {
+                XCTAssertEqual(after[id], c.changed[id] ?? entries, "\(c.name): \(id)")
+            }
+            for id in c.gone { XCTAssertNil(after[id], "\(c.name): \(id) is still there") }
+            XCTAssertEqual(Set(after.keys), Set(before.keys).subtracting(c.gone), c.name)
+
+            // Idempotent: nothing left to report.
+            let again = try reconstruct(["-q", "user/alice"])
+            XCTAssertEqual(again.status, 0, "\(c.name): \(again.stdout) \(again.stderr)")
+            XCTAssertEqual(again.stdout, "", c.name)
+            let plain = try reconstruct(["user/alice"])
+            XCTAssertTrue(plain.stdout.contains(" 0 problems"), "\(c.name): \(plain.stdout)")
+            // And Dovecot still agrees.
+            XCTAssertEqual(try dovecotView(dovecot).view, after, c.name)
+        }
+    }
+}
