@@ -207,4 +207,170 @@ final class ReconstructInteropTests: XCTestCase {
             XCTAssertEqual(try dovecotView(dovecot).view, after, c.name)
         }
     }
+
+    /// One IMAP session across a repair: the script selects INBOX and fetches, then waits for a
+    /// line on stdin (the damage and the repair happen meanwhile), then NOOP and fetches again.
+    /// Prints JSON: both fetches (uid -> flags without \Recent), every untagged line after
+    /// the repair, and errors.
+    /// Usage: session.py <imap> <dovecot.conf> <home> <imap-log>
+    static let sessionScript = #"""
+    import json, re, subprocess, sys
+
+    imap, conf, home, imaplog = sys.argv[1:5]
+    env = {"USER": "alice", "HOME": home, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    p = subprocess.Popen([imap, "-c", conf], env=env, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=open(imaplog, "ab"))
+    n = 0
+    untagged = []
+    def cmd(text):
+        global n
+        n += 1
+        tag = b"t%d" % n
+        p.stdin.write(tag + b" " + text.encode() + b"\r\n"); p.stdin.flush()
+        out = []
+        while True:
+            line = p.stdout.readline()
+            if not line:
+                raise EOFError("imap closed during " + text)
+            s = line.decode(errors="replace").rstrip("\r\n")
+            if line.startswith(tag + b" "):
+                if not line.startswith(tag + b" OK"):
+                    raise RuntimeError("%s -> %s" % (text, s))
+                return out
+            out.append(s)
+    def fetch():
+        got = {}
+        pending = None
+        for s in cmd("UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"):
+            m = re.search(r"UID (\d+) FLAGS \(([^)]*)\)", s)
+            if m:
+                pending = (m.group(1), " ".join(sorted(f for f in m.group(2).split() if f != "\\Recent")))
+                continue
+            m = re.match(r"Message-ID: (<[^>]*>)", s)
+            if m and pending:
+                got[pending[0]] = pending[1] + " " + m.group(1)
+                pending = None
+        return got
+    errors = []
+    result = {}
+    try:
+        p.stdout.readline()  # * PREAUTH
+        selected = cmd("SELECT INBOX")
+        result["select"] = selected
+        result["before"] = fetch()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        untagged += cmd("NOOP")
+        result["after"] = fetch()
+        print("again", flush=True)
+        sys.stdin.readline()
+        untagged += cmd("NOOP")
+        result["later"] = fetch()
+        cmd("LOGOUT")
+    except Exception as e:
+        errors.append(repr(e))
+    result["untagged"] = untagged
+    result["errors"] = errors
+    print(json.dumps(result), flush=True)
+    """#
+
+    func testOpenIMAPSessionKeepsWorkingAcrossARepair() throws {
+        guard FileManager.default.isExecutableFile(atPath: Self.imapBinary) else {
+            XCTFail("Dovecot's imap binary is missing (Debian package dovecot-imapd)")
+            return
+        }
+        let python = try Python.require()
+        let dovecot = try populate()
+        let imapLog = "\(fixture.dir)/imap.log"
+        let scriptPath = "\(fixture.dir)/session.py"
+        try Self.sessionScript.write(toFile: scriptPath, atomically: true, encoding: .utf8)
+
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = [scriptPath, Self.imapBinary, dovecot.configPath, home, imapLog]
+        let toScript = Pipe(), fromScript = Pipe()
+        process.standardInput = toScript
+        process.standardOutput = fromScript
+        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try process.run()
+        var finished = false
+        defer { if !finished { process.terminate(); process.waitUntilExit() } }
+
+        var output = Data()
+        func waitFor(_ word: String) {
+            let deadline = Date().addingTimeInterval(30)
+            while !String(decoding: output, as: UTF8.self).contains(word + "\n") {
+                let chunk = fromScript.fileHandleForReading.availableData
+                if chunk.isEmpty || Date() > deadline { break }
+                output.append(chunk)
+            }
+        }
+        // The session has selected INBOX and fetched.
+        waitFor("ready")
+        XCTAssertTrue(String(decoding: output, as: UTF8.self).contains("ready\n"), String(decoding: output, as: UTF8.self))
+
+        // The damage: a garbage line and the record of uid 6 gone (its file stays).
+        var lines = listLines()
+        let six = try XCTUnwrap(lines.dropFirst().firstIndex { $0.hasPrefix("6 ") })
+        lines.remove(at: six)
+        lines.insert("garbage that is no record", at: 3)
+        try writeList(lines)
+        let repair = try reconstruct(["user/alice"])
+        XCTAssertEqual(repair.status, 0, repair.stdout + repair.stderr)
+        XCTAssertTrue(repair.stdout.contains("garbage"), repair.stdout)
+        XCTAssertTrue(repair.stdout.contains("has no uid"), repair.stdout)
+
+        // NOOP and fetch right after the repair; then a delivery (so the session must sync the
+        // folder) and NOOP and fetch again.
+        toScript.fileHandleForWriting.write(Data("go\n".utf8))
+        waitFor("again")
+        XCTAssertEqual(try fixture.deliver(["alice"], message(11)).status, 0)
+        toScript.fileHandleForWriting.write(Data("go\n".utf8))
+        try toScript.fileHandleForWriting.close()
+        output.append(fromScript.fileHandleForReading.readDataToEndOfFile())
+        process.waitUntilExit()
+        finished = true
+        let text = String(decoding: output, as: UTF8.self)
+        let jsonLine = try XCTUnwrap(text.split(separator: "\n").last { $0.hasPrefix("{") }, text)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(jsonLine.utf8)) as? [String: Any])
+        XCTAssertEqual(json["errors"] as? [String], [])
+        let before = try XCTUnwrap(json["before"] as? [String: String])
+        let after = try XCTUnwrap(json["after"] as? [String: String], text)
+        let later = try XCTUnwrap(json["later"] as? [String: String], text)
+        XCTAssertEqual(before.count, 10)
+        XCTAssertEqual(before["2"], "\\Flagged \\Seen <x2@example.org>")
+        XCTAssertEqual(before["5"], "\\Answered <x5@example.org>")
+        // Every message whose record was readable keeps its UID and flags in the open session.
+        for (uid, entry) in before where uid != "6" {
+            XCTAssertEqual(after[uid], entry, "uid \(uid) right after the repair")
+            XCTAssertEqual(later[uid], entry, "uid \(uid) after the next sync")
+        }
+        // The message whose record was lost is there once (under a UID above every used one
+        // once the session has synced), and so is the new delivery.
+        let sixes = later.filter { $0.value.hasSuffix("<x6@example.org>") }.map(\.key)
+        XCTAssertEqual(sixes.count, 1, "\(later)")
+        XCTAssertTrue(sixes.allSatisfy { $0 == "6" || Int($0)! > 10 }, "\(sixes)")
+        XCTAssertEqual(later.filter { $0.value.hasSuffix("<x11@example.org>") }.count, 1, "\(later)")
+        XCTAssertEqual(later.count, 11, "\(later)")
+        let untagged = try XCTUnwrap(json["untagged"] as? [String])
+        for line in untagged {
+            XCTAssertFalse(line.contains("BYE"), line)
+            XCTAssertFalse(line.contains("UIDVALIDITY"), line)
+        }
+        let complaints = Harness.read(imapLog).split(separator: "\n").filter { l in
+            l.contains("dovecot-uidlist") || Self.complaints.contains { l.contains($0) }
+        }
+        XCTAssertEqual(complaints, [], "Dovecot's imap complained")
+        // doveadm agrees with the session and has nothing to say either.
+        let (view, stderr) = try dovecotView(dovecot)
+        for (uid, entry) in later {
+            let id = String(entry[entry.range(of: "<")!.lowerBound...])
+            let flags = entry.dropLast(id.count).trimmingCharacters(in: .whitespaces)
+            XCTAssertEqual(view[id], ["\(uid) \(flags)"], id)
+        }
+        for complaint in Self.complaints { XCTAssertFalse(stderr.contains(complaint), stderr) }
+        let again = try reconstruct(["-q", "user/alice"])
+        XCTAssertEqual(again.status, 0, again.stdout + again.stderr)
+        XCTAssertEqual(again.stdout, "")
+    }
 }
