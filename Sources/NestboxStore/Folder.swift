@@ -166,18 +166,52 @@ public struct Folder: Sendable {
     }
 
     /// Dovecot's order for new files: leading seconds, then the M<usec> value, then the name.
+    /// To sort many names, use `sortedInDovecotOrder`, which reads each name's key once.
     public static func dovecotOrder(_ a: String, _ b: String) -> Bool {
-        func key(_ s: String) -> (Int64, Int64) {
-            let secs = Int64(s.prefix { $0.isASCII && $0.isNumber }) ?? 0
-            var usec: Int64 = 0
-            if let dot = s.firstIndex(of: "."), s[s.index(after: dot)...].first == "M" {
-                usec = Int64(s[s.index(dot, offsetBy: 2)...].prefix { $0.isASCII && $0.isNumber }) ?? 0
-            }
-            return (secs, usec)
-        }
-        let ka = key(a), kb = key(b)
+        let ka = dovecotOrderKey(a), kb = dovecotOrderKey(b)
         if ka != kb { return ka < kb }
         return a < b
+    }
+
+    /// `names` in `dovecotOrder`, each name's (seconds, microseconds) key read once.
+    public static func sortedInDovecotOrder<S: Sequence>(_ names: S) -> [String] where S.Element == String {
+        names.map { (key: dovecotOrderKey($0), name: $0) }
+            .sorted { $0.key != $1.key ? $0.key < $1.key : $0.name < $1.name }
+            .map(\.name)
+    }
+
+    /// The leading seconds and the M<usec> value after the first dot (0 when absent or too
+    /// large), read from the bytes of an ASCII name.
+    static func dovecotOrderKey(_ s: String) -> (Int64, Int64) {
+        var bytes = s.utf8.makeIterator()
+        // Non-ASCII: a digit may take a combining mark into its Character; read by Characters.
+        guard !s.utf8.contains(where: { $0 >= 0x80 }) else { return dovecotOrderKeyOfCharacters(s) }
+        func number(_ first: UInt8?) -> (Int64, UInt8?) {
+            var value: Int64 = 0, digits = 0, overflow = false, c = first
+            while let d = c, d >= 0x30 && d <= 0x39 {
+                let (m, o1) = value.multipliedReportingOverflow(by: 10)
+                let (v, o2) = m.addingReportingOverflow(Int64(d - 0x30))
+                overflow = overflow || o1 || o2
+                value = v; digits += 1
+                c = bytes.next()
+            }
+            return (digits == 0 || overflow ? 0 : value, c)
+        }
+        let (secs, first) = number(bytes.next())
+        var c = first
+        while let d = c, d != 0x2E { c = bytes.next() }   // to the first "."
+        var usec: Int64 = 0
+        if c != nil, bytes.next() == 0x4D { usec = number(bytes.next()).0 }  // ".M"
+        return (secs, usec)
+    }
+
+    private static func dovecotOrderKeyOfCharacters(_ s: String) -> (Int64, Int64) {
+        let secs = Int64(s.prefix { $0.isASCII && $0.isNumber }) ?? 0
+        var usec: Int64 = 0
+        if let dot = s.firstIndex(of: "."), s[s.index(after: dot)...].first == "M" {
+            usec = Int64(s[s.index(dot, offsetBy: 2)...].prefix { $0.isASCII && $0.isNumber }) ?? 0
+        }
+        return (secs, usec)
     }
 
     // MARK: Flags

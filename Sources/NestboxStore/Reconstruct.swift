@@ -325,7 +325,7 @@ struct ReconstructRun {
         var byBase: [String: [Int]] = [:]
         for (i, f) in files.enumerated() { byBase[f.name.base, default: []].append(i) }
         var fresh: Set<Int> = []
-        for (base, indexes) in byBase.sorted(by: { $0.key < $1.key }) where indexes.count > 1 {
+        for (base, indexes) in byBase.filter({ $0.value.count > 1 }).sorted(by: { $0.key < $1.key }) {
             let keeper = indexes.min { a, b in
                 let ua = byStem[files[a].name.stem]?.uid ?? UInt32.max, ub = byStem[files[b].name.stem]?.uid ?? UInt32.max
                 return (ua, files[a].sub, files[a].name.fileName) < (ub, files[b].sub, files[b].name.fileName)
@@ -407,7 +407,7 @@ struct ReconstructRun {
             }
         }
         let recorded = Set(kept.map(\.stem))
-        let newStems = present.subtracting(recorded).sorted(by: Folder.dovecotOrder)
+        let newStems = Folder.sortedInDovecotOrder(present.subtracting(recorded))
 
         // Header: UIDVALIDITY and N.
         var uidValidity = recovered.uidValidity
