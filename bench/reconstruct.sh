@@ -36,8 +36,8 @@
 #       states 2 and 3: exit 0, every file in cur/ and new/ has exactly one record, no UID twice,
 #       every record that survived the damage (state 2: the 90% left) keeps its UID and file,
 #       the UIDVALIDITY is kept (state 3: only reported), and the header's N is above every UID.
-#     For state 3 (no record left) and for Dovecot, the count of UIDs equal to the ones before
-#     the damage is printed ("kept"), with whether UIDVALIDITY changed.
+#     For both programs the count of UIDs equal to the ones before the damage is printed
+#     ("kept"); under a new UIDVALIDITY none is kept for a client (the equal numbers are shown).
 
 set -u
 export LC_ALL=C
@@ -186,6 +186,13 @@ timed() {
 # kept dir: how many of the UIDs before the damage the folder has now (same uid, same stem)
 kept() { uidmap "$1" | join -j 2 -o 1.1,2.1 "$work/before.map" - | awk '$1 == $2' | wc -l; }
 
+# kept_label dir: "kept/N", or with a new UIDVALIDITY "0/N (new UIDVALIDITY, k same numbers)":
+# a UID under another UIDVALIDITY is not kept as far as a client can tell.
+kept_label() {
+  local k; k=$(kept "$1")
+  if [ "$(uidvalidity "$1")" = "$V0" ]; then echo "$k/$messages"; else echo "0/$messages (new UIDVALIDITY, $k same numbers)"; fi
+}
+
 # verify dir survivors-file: the checks of the header comment; prints what is wrong, if anything.
 verify() {
   local d=$1 surv=$2 files recs dup lost v n max
@@ -240,8 +247,7 @@ for s in 1 2 3; do
     cmp -s "$work/uidlist.1" "$work/s1n/big/dovecot-uidlist" || problems="${problems}dovecot-uidlist changed; "
   fi
   problems="$problems$(verify "$work/s${s}n/big" "$work/surv.$s" "$([ $s = 3 ] && echo any || echo same)" "$([ $s = 1 ] && echo unchanged || echo written)" | tr '\n' ';')"
-  K_N[$s]=$(kept "$work/s${s}n/big")
-  [ "$(uidvalidity "$work/s${s}n/big")" = "$V0" ] || K_N[$s]="${K_N[$s]} (new UIDVALIDITY)"
+  K_N[$s]=$(kept_label "$work/s${s}n/big")
   if [ -n "$problems" ]; then
     OK[$s]=BAD; bad=1
     say "  nestbox state $s: BAD: $problems"
@@ -254,8 +260,7 @@ for s in 1 2 3; do
   timed "$work/dv.$s.out" "$work/dv.$s.err" env USER=big HOME="$work/s${s}d/big" doveadm -c "$dc" -o "mail_location=maildir:$work/s${s}d/big" force-resync INBOX
   T_D[$s]=$T M_D[$s]=$M
   [ "$RC" -eq 0 ] || { say "  doveadm force-resync exited $RC"; cat "$work/dv.$s.err" >&2; T_D[$s]=n/a; }
-  K_D[$s]=$(kept "$work/s${s}d/big")
-  [ "$(uidvalidity "$work/s${s}d/big")" = "$V0" ] || K_D[$s]="${K_D[$s]} (new UIDVALIDITY)"
+  K_D[$s]=$(kept_label "$work/s${s}d/big")
   say "  dovecot: ${T_D[$s]} s, ${M_D[$s]} KiB"
   [ $keep = yes ] || rm -rf "$work/s${s}n" "$work/s${s}d"
 done
@@ -274,10 +279,10 @@ label() {
   echo "reconstruct of one folder of $messages messages (1 KiB), one run each; $(nproc) cores, $(uname -r)"
   echo "dovecot $(dovecot --version 2>/dev/null | awk '{ print $1 }') doveadm force-resync, nestbox $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$( [ -n "$(git -C "$repo" status --porcelain -- Sources 2>/dev/null)" ] && echo '+changes')${nb_stale} nestbox-reconstruct"
   echo "time: wall seconds; RSS: peak KiB; N/D time above 1: Nestbox slower; kept: UIDs equal to those before the damage"
-  printf '%-27s %8s %8s %6s  %8s %8s %6s  %-6s %-28s %s\n' state "N time" "D time" "N/D" "N RSS" "D RSS" "N/D" check "N kept" "D kept"
+  printf '%-27s %8s %8s %6s  %8s %8s %6s  %-6s %-44s %s\n' state "N time" "D time" "N/D" "N RSS" "D RSS" "N/D" check "N kept" "D kept"
   for s in 1 2 3; do
-    printf '%-27s %8s %8s %6s  %8s %8s %6s  %-6s %-28s %s\n' "$(label $s)" "${T_N[$s]}" "${T_D[$s]}" "$(ratio "${T_N[$s]}" "${T_D[$s]}")" \
-      "${M_N[$s]}" "${M_D[$s]}" "$(ratio "${M_N[$s]}" "${M_D[$s]}")" "${OK[$s]}" "${K_N[$s]}/$messages" "${K_D[$s]}/$messages"
+    printf '%-27s %8s %8s %6s  %8s %8s %6s  %-6s %-44s %s\n' "$(label $s)" "${T_N[$s]}" "${T_D[$s]}" "$(ratio "${T_N[$s]}" "${T_D[$s]}")" \
+      "${M_N[$s]}" "${M_D[$s]}" "$(ratio "${M_N[$s]}" "${M_D[$s]}")" "${OK[$s]}" "${K_N[$s]}" "${K_D[$s]}"
   done
 }
 [ $bad -eq 0 ] || { say "reconstruct.sh: a Nestbox result was wrong (BAD above)"; exit 1; }
