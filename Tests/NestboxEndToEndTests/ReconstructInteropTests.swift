@@ -373,4 +373,127 @@ final class ReconstructInteropTests: XCTestCase {
         XCTAssertEqual(again.status, 0, again.stdout + again.stderr)
         XCTAssertEqual(again.stdout, "")
     }
+
+    /// LMTP clients deliver to alice while a loop runs nestbox-reconstruct on her INBOX again
+    /// and again. Prints JSON: LMTP failures, and per reconstruct run its exit status and output.
+    /// Usage: storm.py <port> <reconstruct> <nestbox.conf> <clients> <per-client>
+    static let stormScript = #"""
+    import json, socket, subprocess, sys, threading
+
+    port, program, conf = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    clients, per = int(sys.argv[4]), int(sys.argv[5])
+    lock = threading.Lock()
+    failures = []
+    runs = []
+    delivering = threading.Event()
+    delivering.set()
+
+    def lmtp(n):
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=120)
+            f = s.makefile("rb")
+            def reply():
+                while True:
+                    line = f.readline().decode()
+                    if not line:
+                        raise EOFError("server closed")
+                    if len(line) < 4 or line[3] != "-":
+                        return line.strip()
+            reply()
+            s.sendall(b"LHLO storm.test\r\n"); reply()
+            for i in range(per):
+                mid = "<storm-%d-%d@test>" % (n, i)
+                s.sendall(b"MAIL FROM:<s@test>\r\nRCPT TO:<alice>\r\nDATA\r\n")
+                for want in ("250", "250", "354"):
+                    r = reply()
+                    if not r.startswith(want):
+                        with lock: failures.append("lmtp %s: %s" % (mid, r))
+                s.sendall(("Message-ID: %s\r\nSubject: storm %d %d\r\n\r\nbody\r\n.\r\n" % (mid, n, i)).encode())
+                r = reply()
+                if not r.startswith("250"):
+                    with lock: failures.append("lmtp %s: %s" % (mid, r))
+            s.sendall(b"QUIT\r\n"); reply()
+        except Exception as e:
+            with lock: failures.append("lmtp client %d: %r" % (n, e))
+
+    def repairs():
+        while delivering.is_set():
+            r = subprocess.run([program, "-C", conf, "-q", "user/alice"], capture_output=True, text=True,
+                               env={"SWIFT_BACKTRACE": "enable=yes,interactive=no", "PATH": "/usr/bin:/bin"})
+            runs.append({"status": r.returncode, "stdout": r.stdout, "stderr": r.stderr})
+
+    loop = threading.Thread(target=repairs)
+    loop.start()
+    senders = [threading.Thread(target=lmtp, args=(n,)) for n in range(clients)]
+    for t in senders: t.start()
+    for t in senders: t.join()
+    delivering.clear()
+    loop.join(timeout=120)
+    print(json.dumps({"failures": failures, "runs": runs}))
+    """#
+
+    func testRepairsDuringOneThousandLMTPDeliveriesLoseNothing() throws {
+        let port = try Net.freeLoopbackPort()
+        try fixture.set("servername", "storm.example.test")
+        try fixture.set("lmtp_listen", "127.0.0.1:\(port)")
+        let server = LMTPDaemon(configPath: fixture.configPath, logPath: "\(fixture.dir)/lmtpd.log", socketPath: nil, port: port)
+        try server.start()
+        defer { server.stop() }
+        let clients = 4, perClient = 250
+        let r = try Python.run(Self.stormScript, name: "storm.py", in: fixture.dir,
+                               [String(port), Harness.binary("nestbox-reconstruct"), fixture.configPath,
+                                String(clients), String(perClient)], timeout: 600)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        guard let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any],
+              let failures = json["failures"] as? [String], let runs = json["runs"] as? [[String: Any]] else {
+            XCTFail("no report from the script: \(r.stdout) \(r.stderr)")
+            return
+        }
+        XCTAssertEqual(failures, [])
+        XCTAssertGreaterThan(runs.count, 1, "the repairs ran while delivering")
+        for run in runs {
+            let status = run["status"] as? Int ?? -1
+            XCTAssertTrue(status == 0 || status == 75, "reconstruct exited \(status): \(run["stdout"] ?? "") \(run["stderr"] ?? "")")
+            // Deliveries hold the list's lock while they name a file: a repair never finds one
+            // half done.
+            if status == 0 { XCTAssertEqual(run["stdout"] as? String, "", "a repair found a problem mid-delivery") }
+        }
+
+        // Every Message-ID stored exactly once.
+        var ids: [String: Int] = [:]
+        var stems: [String] = []
+        for sub in ["new", "cur"] {
+            for name in try FileManager.default.contentsOfDirectory(atPath: "\(home)/\(sub)") {
+                let text = Harness.read("\(home)/\(sub)/\(name)")
+                let id = MaildirCheck.header("Message-ID", in: text) ?? "none: \(name)"
+                ids[id, default: 0] += 1
+                stems.append(String(name.prefix { $0 != ":" }))
+            }
+        }
+        XCTAssertEqual(ids.count, clients * perClient, "distinct messages stored")
+        XCTAssertEqual(ids.filter { $0.value != 1 }.count, 0, "stored twice: \(ids.filter { $0.value != 1 }.prefix(5))")
+        for n in 0..<clients {
+            for i in 0..<perClient where ids["<storm-\(n)-\(i)@test>"] == nil {
+                XCTFail("<storm-\(n)-\(i)@test> was lost")
+            }
+        }
+        // Every file has one UID, every UID one file.
+        let records = listLines().dropFirst().filter { !$0.isEmpty }
+        let recordStems = records.compactMap { line in line.firstIndex(of: ":").map { String(line[line.index(after: $0)...]) } }
+        let uids = records.compactMap { $0.split(separator: " ").first.flatMap { Int($0) } }
+        XCTAssertEqual(Set(uids).count, uids.count, "a UID is used twice")
+        XCTAssertEqual(recordStems.count, Set(recordStems).count, "a file is named twice")
+        XCTAssertEqual(Set(recordStems), Set(stems), "the list and the files disagree")
+        XCTAssertEqual(uids, uids.sorted(), "the list is not in UID order")
+
+        // A final repair finds nothing, and Dovecot sees every message once.
+        let final = try reconstruct(["user/alice"])
+        XCTAssertEqual(final.status, 0, final.stdout + final.stderr)
+        XCTAssertEqual(final.stdout.split(separator: "\n").count, 1, final.stdout)
+        XCTAssertTrue(final.stdout.contains("\(clients * perClient) messages, 0 problems"), final.stdout)
+        let (view, stderr) = try dovecotView(try Dovecot(mailRoot: home))
+        XCTAssertEqual(view.count, clients * perClient)
+        XCTAssertEqual(view.filter { $0.value.count != 1 }.count, 0)
+        for complaint in Self.complaints { XCTAssertFalse(stderr.contains(complaint), stderr) }
+    }
 }
