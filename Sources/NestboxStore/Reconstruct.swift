@@ -177,18 +177,59 @@ struct RecoveredUIDList: Sendable {
     }
 }
 
-/// The header of Dovecot's own index (`dovecot.index`), for the UIDVALIDITY and next UID it
-/// holds when the list's header is lost: major version 7, uid_validity at offset 16 and
-/// next_uid at 20, host byte order (little-endian on the hosts Nestbox runs on).
+/// The UIDVALIDITY and next UID Dovecot's own index holds for a folder, for when the list's
+/// header is lost: `dovecot.index` (major version 7; uid_validity at offset 24 and next_uid at
+/// 28 of its header, host byte order, little-endian on the hosts Nestbox runs on), then what
+/// `dovecot.index.log` changed since (header updates of those two fields, appended UIDs). A
+/// small folder often has only the log. nil unless both values are known.
 func dovecotIndexHeader(_ folder: String) -> (uidValidity: UInt32, nextUID: UInt32)? {
-    guard let fd = try? Files.openForReading("\(folder)/dovecot.index") else { return nil }
-    defer { close(fd) }
-    guard let head = try? Files.pread(fd, count: 24, offset: 0, path: "\(folder)/dovecot.index"), head.count == 24,
-          head[0] == 7 else { return nil }
-    func u32(_ at: Int) -> UInt32 {
-        UInt32(head[at]) | UInt32(head[at + 1]) << 8 | UInt32(head[at + 2]) << 16 | UInt32(head[at + 3]) << 24
+    func u32(_ b: [UInt8], _ at: Int) -> UInt32 {
+        UInt32(b[at]) | UInt32(b[at + 1]) << 8 | UInt32(b[at + 2]) << 16 | UInt32(b[at + 3]) << 24
     }
-    let v = u32(16), n = u32(20)
+    var v: UInt32 = 0, n: UInt32 = 0
+    if let fd = try? Files.openForReading("\(folder)/dovecot.index") {
+        defer { close(fd) }
+        if let head = try? Files.pread(fd, count: 32, offset: 0, path: "\(folder)/dovecot.index"), head.count == 32,
+           head[0] == 7 {
+            v = u32(head, 24)
+            n = u32(head, 28)
+        }
+    }
+    if let log = (try? Files.read("\(folder)/dovecot.index.log", limit: 64 << 20)) ?? nil,
+       log.count >= 8, log[0] == 1, log[1] >= 2 {
+        var at = Int(UInt16(log[2]) | UInt16(log[3]) << 8)
+        while at + 8 <= log.count {
+            // Transaction: size (Dovecot's 7-bits-a-byte offset encoding), then type.
+            let coded = u32(log, at)
+            guard coded & 0x8080_8080 == 0x8080_8080 else { break }
+            let size = Int((coded >> 24) & 0x7f) << 2 | Int((coded >> 16) & 0x7f) << 9
+                | Int((coded >> 8) & 0x7f) << 16 | Int(coded & 0x7f) << 23
+            guard size >= 8, at + size <= log.count else { break }
+            let type = u32(log, at + 4) & 0x000f_ffff
+            var p = at + 8
+            let end = at + size
+            if type == 0x20 {              // header update: offset, size, data, padding to 4
+                while p + 4 <= end {
+                    let offset = Int(UInt16(log[p]) | UInt16(log[p + 1]) << 8)
+                    let count = Int(UInt16(log[p + 2]) | UInt16(log[p + 3]) << 8)
+                    let data = p + 4
+                    guard data + count <= end else { break }
+                    for field in [24, 28] where offset <= field && field + 4 <= offset + count {
+                        let value = u32(log, data + field - offset)
+                        if field == 24 { v = value } else { n = max(n, value) }
+                    }
+                    p = data + (count + 3) / 4 * 4
+                }
+            } else if type == 0x02 {       // appends: 8-byte records, uid first
+                while p + 8 <= end {
+                    let uid = u32(log, p)
+                    if uid < UInt32.max { n = max(n, uid + 1) }
+                    p += 8
+                }
+            }
+            at = end
+        }
+    }
     guard v != 0, n != 0 else { return nil }
     return (v, n)
 }

@@ -97,6 +97,9 @@ final class ReconstructInteropTests: XCTestCase {
         /// Message-ID -> the "uid flags" entries Dovecot must show after the repair (when they
         /// differ from before the damage).
         var changed: [String: [String]] = [:]
+        /// Every UID moves up by this much (the list was lost: fresh UIDs above every UID
+        /// Dovecot used, under the same UIDVALIDITY).
+        var shift = 0
     }
 
     static let cases: [Case] = [
@@ -129,6 +132,16 @@ final class ReconstructInteropTests: XCTestCase {
             try t.writeList(lines)
             return []   // the store's own format: appends never rewrite N
         }),
+        Case(name: "header V0", damage: { t in
+            var lines = t.listLines()
+            lines[0] = lines[0].split(separator: " ").map { $0.hasPrefix("V") ? "V0" : String($0) }.joined(separator: " ")
+            try t.writeList(lines)
+            return ["uidvalidity is 0", "dropped", "uidlist has no readable UIDVALIDITY", "from dovecot.index"]
+        }),
+        Case(name: "uidlist deleted", damage: { t in
+            try FileManager.default.removeItem(atPath: t.listPath)
+            return ["dovecot-uidlist missing", "uidlist has no readable UIDVALIDITY", "from dovecot.index", "added as uid 11", "added as uid 20"]
+        }, shift: 10),
         Case(name: "record whose file was deleted", damage: { t in
             try FileManager.default.removeItem(atPath: try t.file(ofUID: 3))
             return ["uid 3 has no file", "dropped"]
@@ -185,14 +198,20 @@ final class ReconstructInteropTests: XCTestCase {
             for fragment in expected {
                 XCTAssertTrue(repair.stdout.contains(fragment), "\(c.name): no \"\(fragment)\" in:\n\(repair.stdout)")
             }
-            XCTAssertFalse(repair.stdout.contains("UIDVALIDITY"), "\(c.name): \(repair.stdout)")
+            for loud in ["NO UID COULD BE KEPT", "took new UIDVALIDITY"] {
+                XCTAssertFalse((repair.stdout + repair.stderr).contains(loud), "\(c.name): \(repair.stdout) \(repair.stderr)")
+            }
 
             let (after, stderr) = try dovecotView(dovecot)
             for complaint in Self.complaints {
                 XCTAssertFalse(stderr.contains(complaint), "\(c.name): doveadm: \(stderr)")
             }
             for (id, entries) in before where !c.gone.contains(id) {
-                XCTAssertEqual(after[id], c.changed[id] ?? entries, "\(c.name): \(id)")
+                let shifted = entries.map { e -> String in
+                    let uid = Int(e.prefix { $0 != " " })!
+                    return "\(uid + c.shift)" + e.drop { $0 != " " }
+                }
+                XCTAssertEqual(after[id], c.changed[id] ?? shifted, "\(c.name): \(id)")
             }
             for id in c.gone { XCTAssertNil(after[id], "\(c.name): \(id) is still there") }
             XCTAssertEqual(Set(after.keys), Set(before.keys).subtracting(c.gone), c.name)

@@ -453,13 +453,13 @@ final class ReconstructTests: TempDirTestCase {
         XCTAssertEqual(try mapping(folder)[1], map[1])
     }
 
-    /// A minimal `dovecot.index` header: major version 7, uid_validity and next_uid.
+    /// A minimal `dovecot.index` header: major version 7, uid_validity (offset 24) and next_uid (28).
     func writeDovecotIndex(_ folder: Folder, uidValidity: UInt32, nextUID: UInt32) {
         var bytes = [UInt8](repeating: 0, count: 64)
         bytes[0] = 7
         for i in 0..<4 {
-            bytes[16 + i] = UInt8(truncatingIfNeeded: uidValidity >> (8 * UInt32(i)))
-            bytes[20 + i] = UInt8(truncatingIfNeeded: nextUID >> (8 * UInt32(i)))
+            bytes[24 + i] = UInt8(truncatingIfNeeded: uidValidity >> (8 * UInt32(i)))
+            bytes[28 + i] = UInt8(truncatingIfNeeded: nextUID >> (8 * UInt32(i)))
         }
         TestFS.write("\(folder.path)/dovecot.index", bytes)
     }
