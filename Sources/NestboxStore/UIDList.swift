@@ -58,7 +58,11 @@ public struct UIDList: Equatable, Sendable {
         public var extensions: [String]
         /// The file name as recorded; `stem` is what to match on.
         public var name: String
-        public var stem: String { MaildirName(name).stem }
+        /// The name before any `:` (read from the bytes: it runs for every record of a scan).
+        public var stem: String {
+            guard let colon = name.utf8.firstIndex(of: UInt8(ascii: ":")) else { return name }
+            return String(name[..<colon])
+        }
 
         public init(uid: UInt32, extensions: [String] = [], name: String) {
             self.uid = uid
