@@ -28,7 +28,8 @@ public struct MaildirName: Equatable, Sendable {
     }
 
     public init(_ fileName: String) {
-        if let colon = fileName.firstIndex(of: ":") {
+        // Searched as bytes (`:` is ASCII): this runs for every file of a scan.
+        if let colon = fileName.utf8.firstIndex(of: UInt8(ascii: ":")) {
             stem = String(fileName[..<colon])
             let rest = fileName[fileName.index(after: colon)...]
             info = rest.hasPrefix("2,") ? String(rest.dropFirst(2)) : String(rest)
@@ -111,7 +112,7 @@ public struct MaildirName: Equatable, Sendable {
 
     /// Whether a directory entry can be a message at all (not `.`-files, not empty).
     public static func isMessageName(_ name: String) -> Bool {
-        !name.isEmpty && !name.hasPrefix(".") && !name.contains("/")
+        !name.isEmpty && name.utf8.first != UInt8(ascii: ".") && !name.utf8.contains(UInt8(ascii: "/"))
     }
 
     // MARK: New names

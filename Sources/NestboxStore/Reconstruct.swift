@@ -157,7 +157,7 @@ struct RecoveredUIDList: Sendable {
             let text = Substring(String(decoding: line, as: UTF8.self))
             var record = try? UIDList.parseRecord(text, version: version, lineNumber: i + 1)
             if record == nil && version == 1 { record = try? UIDList.parseRecord(text, version: 3, lineNumber: i + 1) }
-            if record == nil && version != 1 && !text.contains(":") {
+            if record == nil && version != 1 && !text.utf8.contains(UInt8(ascii: ":")) {
                 record = try? UIDList.parseRecord(text, version: 1, lineNumber: i + 1)
             }
             guard let record else {

@@ -136,7 +136,7 @@ public struct UIDList: Equatable, Sendable {
             guard parts.count == 2, let uid = UInt32(parts[0]) else { throw Corrupt(line: lineNumber, reason: "bad record") }
             return try Record(uid: uid, name: String(parts[1])).validated(lineNumber)
         }
-        guard let colon = line.firstIndex(of: ":") else { throw Corrupt(line: lineNumber, reason: "record without :") }
+        guard let colon = line.utf8.firstIndex(of: UInt8(ascii: ":")) else { throw Corrupt(line: lineNumber, reason: "record without :") }
         let before = line[..<colon].split(separator: " ")
         guard let first = before.first, let uid = UInt32(first) else { throw Corrupt(line: lineNumber, reason: "bad uid") }
         let name = String(line[line.index(after: colon)...])
@@ -190,7 +190,7 @@ extension UIDList.Header {
 extension UIDList.Record {
     func validated(_ lineNumber: Int) throws -> UIDList.Record {
         if uid == 0 || uid == UInt32.max { throw UIDList.Corrupt(line: lineNumber, reason: "uid \(uid) out of range") }
-        if name.isEmpty || name.contains("/") { throw UIDList.Corrupt(line: lineNumber, reason: "bad file name") }
+        if name.isEmpty || name.utf8.contains(UInt8(ascii: "/")) { throw UIDList.Corrupt(line: lineNumber, reason: "bad file name") }
         return self
     }
 }
