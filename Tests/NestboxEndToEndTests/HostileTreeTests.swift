@@ -46,9 +46,9 @@ final class HostileTreeTests: XCTestCase {
     }
 
     func makeMaildir(_ path: String) throws {
-        for sub in ["", "/cur", "/new", "/tmp"] {
-            XCTAssertEqual(mkdir(path + sub, 0o700), 0)
-            try Harness.chownToMailOwner(path + sub)
+        for dir in [path] + ["cur", "new", "tmp"].map({ (path as NSString).appendingPathComponent($0) }) {
+            XCTAssertEqual(mkdir(dir, 0o700), 0)
+            try Harness.chownToMailOwner(dir)
         }
     }
 
@@ -70,9 +70,9 @@ final class HostileTreeTests: XCTestCase {
 
     func testFolderThatIsALinkOutside() throws {
         try fixture.makeUser("alice")
-        try makeMaildir("\(outside)/work")
-        try fixture.writeFile("\(outside)/work/dovecot-acl", "anyone lrsp\n")
-        XCTAssertEqual(symlink("\(outside)/work", "\(fixture.root)/alice/.Work"), 0)
+        try makeMaildir("\(outside)/projects")
+        try fixture.writeFile("\(outside)/projects/dovecot-acl", "anyone lrsp\n")
+        XCTAssertEqual(symlink("\(outside)/projects", "\(fixture.root)/alice/.Work"), 0)
         try assertRefused(["alice+Work"], naming: "\(fixture.root)/alice/.Work")
         try assertRefused(["-m", "Work", "alice"], naming: "\(fixture.root)/alice/.Work")
         XCTAssertEqual(try fixture.messages("alice").count, 0)
@@ -80,9 +80,11 @@ final class HostileTreeTests: XCTestCase {
 
     func testTmpThatIsALinkOutside() throws {
         let home = try fixture.makeUser("alice")
-        XCTAssertEqual(rmdir("\(home)/tmp"), 0)
-        XCTAssertEqual(symlink(outside, "\(home)/tmp"), 0)
-        try assertRefused(["alice"], naming: "\(home)/tmp")
+        // The INBOX's own tmp/ replaced by a link to a directory outside the mail root.
+        let spoolDir = (home as NSString).appendingPathComponent("tmp")
+        XCTAssertEqual(rmdir(spoolDir), 0)
+        XCTAssertEqual(symlink(outside, spoolDir), 0)
+        try assertRefused(["alice"], naming: spoolDir)
     }
 
     func testDomainAreaThatIsALinkOutside() throws {

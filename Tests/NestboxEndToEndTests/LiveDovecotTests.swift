@@ -153,7 +153,10 @@ final class LiveDovecotTests: XCTestCase {
     """#
 
     func testDovecotSessionsWhileDeliveringSeeEveryMessageUnderOneUID() throws {
-        guard Harness.isRoot else { throw XCTSkip("needs root (nestbox-lmtpd binds, then becomes vmail)") }
+        guard Harness.isRoot else {
+            XCTFail("needs root (nestbox-lmtpd binds, then becomes vmail): run the suite as root (as CI does)")
+            return
+        }
         guard FileManager.default.isExecutableFile(atPath: Self.imapBinary) else {
             XCTFail("Dovecot's imap binary is missing (Debian package dovecot-imapd)")
             return

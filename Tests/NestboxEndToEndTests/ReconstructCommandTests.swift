@@ -18,7 +18,7 @@ final class ReconstructCommandTests: XCTestCase {
         try super.setUpWithError()
         guard FileManager.default.isExecutableFile(atPath: Harness.binary("nestbox-reconstruct")) else {
             XCTFail("built program not found: \(Harness.binary("nestbox-reconstruct"))")
-            throw XCTSkip("no binary")
+            throw LMTPTestError("no binary")
         }
         fixture = try DeliverFixture("reconstruct")
         home = try fixture.makeUser("alice")
