@@ -378,28 +378,10 @@ public struct UIDListFile: Sendable {
     }
 
     /// Replaces the list with `bytes`, the caller holding the lock: `dovecot-uidlist.tmp` (a
-    /// fixed name: only the lock holder writes it), fdatasync, rename over the list (a new
-    /// inode, which Dovecot's cache notices), fsync of the folder.
+    /// fixed name: only the lock holder writes it), fsync, rename over the list (a new inode,
+    /// which Dovecot's cache notices), fsync of the folder.
     func replaceLocked(_ bytes: [UInt8]) throws {
-        let tmp = "\(path).tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, Files.fileMode)
-        if fd < 0 { throw NestboxFailure.system("create", tmp) }
-        do {
-            try Files.writeAll(fd, bytes, path: tmp)
-            try Files.fdatasync(fd, path: tmp)
-            try Files.close(fd, path: tmp)
-        } catch {
-            close(fd)
-            Files.removeQuietly(tmp)
-            throw error
-        }
-        do {
-            try Files.rename(tmp, path)
-        } catch {
-            Files.removeQuietly(tmp)
-            throw error
-        }
-        try Files.fsyncDirectory(folder)
+        try Files.replace(path, with: bytes, temporary: "\(path).tmp")
     }
 }
 

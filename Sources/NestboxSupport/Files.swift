@@ -91,15 +91,30 @@ public enum Files {
 
     /// Writes `contents` to `path` atomically: a unique temporary name in the same directory,
     /// fsync, rename over, fsync of the directory. The old file is intact if anything fails.
-    public static func replace(_ path: String, with contents: [UInt8], mode: mode_t = fileMode) throws {
-        let tmp = "\(path).tmp.\(getpid()).\(UniqueCounter.next())"
-        let fd = try createExclusive(tmp, mode: mode)
+    /// `temporary` names the temporary file when a lock held by the caller makes that name its
+    /// own (Dovecot's `dovecot-uidlist.tmp`): a leftover of a crash there is overwritten.
+    public static func replace(_ path: String, with contents: [UInt8], mode: mode_t = fileMode,
+                               temporary: String? = nil) throws {
+        let tmp = temporary ?? "\(path).tmp.\(getpid()).\(UniqueCounter.next())"
+        let fd: Int32
+        if temporary != nil {
+            fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode)
+            if fd < 0 { throw NestboxFailure.system("create", tmp) }
+        } else {
+            fd = try createExclusive(tmp, mode: mode)
+        }
         do {
             try writeAll(fd, contents, path: tmp)
             try fsync(fd, path: tmp)
-            try close(fd, path: tmp)
         } catch {
             Glibc.close(fd)
+            removeQuietly(tmp)
+            throw error
+        }
+        do {
+            // close(2) releases the descriptor even when it reports an error: never twice.
+            try close(fd, path: tmp)
+        } catch {
             removeQuietly(tmp)
             throw error
         }
