@@ -164,6 +164,7 @@ public struct DuplicateDB: Sendable {
         let now = wallSeconds()
         for sub in try Files.list(directory) ?? [] {
             let dir = "\(directory)/\(sub)"
+            guard Files.isDirectory(dir) else { continue }  // a bucket is a real directory, never a link
             for name in try Files.list(dir) ?? [] {
                 let path = "\(dir)/\(name)"
                 guard let st = try Files.status(path) else { continue }

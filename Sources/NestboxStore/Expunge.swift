@@ -49,6 +49,7 @@ extension Folder {
 
     private func expunge(options: DotLock.Options, records wanted: Set<UInt32>,
                          _ predicate: (ScannedMessage) -> Bool) throws -> ExpungeResult {
+        _ = try checkLinks()  // nothing is unlinked through a symbolic link below the mail root
         let session = try beginUIDListSession(options: options)
         defer { session.finish() }
         let scan = try FolderScan.scan(self, session: session, readFiles: false)

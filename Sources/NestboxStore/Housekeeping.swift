@@ -32,7 +32,18 @@ extension MailStore {
     @discardableResult
     public func housekeeping(duplicates: DuplicateDB?, age: Double = 36 * 3600) -> HousekeepingResult {
         var result = HousekeepingResult()
-        if let duplicates {
+        // Each area is cleaned only if it is reached from the mail root without a symbolic
+        // link: a link at `.nestbox/spool` must not make old files elsewhere look like ours.
+        func reachable(_ dir: String) -> Bool {
+            do {
+                try Files.checkBeneath(root, dir)
+                return true
+            } catch {
+                Log.warning("housekeeping: \(error); not cleaned")
+                return false
+            }
+        }
+        if let duplicates, reachable(duplicates.directory) {
             do {
                 result.duplicateRecords = try duplicates.prune(olderThan: duplicates.expiry)
                 if result.duplicateRecords > 0 { Log.info("duplicate database: pruned \(result.duplicateRecords) expired records") }
@@ -40,13 +51,15 @@ extension MailStore {
                 Log.warning("duplicate database: prune: \(error)")
             }
         }
-        do {
-            result.spoolFiles = try cleanSpool(olderThan: age)
-            if result.spoolFiles > 0 { Log.info("spool: removed \(result.spoolFiles) files left by interrupted deliveries") }
-        } catch {
-            Log.warning("spool: cleanup: \(error)")
+        if reachable(spoolDirectory) {
+            do {
+                result.spoolFiles = try cleanSpool(olderThan: age)
+                if result.spoolFiles > 0 { Log.info("spool: removed \(result.spoolFiles) files left by interrupted deliveries") }
+            } catch {
+                Log.warning("spool: cleanup: \(error)")
+            }
         }
-        result.creationTrees = cleanCreations(olderThan: age)
+        if reachable(creationDirectory) { result.creationTrees = cleanCreations(olderThan: age) }
         if result.creationTrees > 0 { Log.info("mailbox creation: removed \(result.creationTrees) trees left by interrupted creations") }
         return result
     }

@@ -59,4 +59,23 @@ final class HousekeepingTests: TempDirTestCase {
         XCTAssertEqual(store.housekeeping().duplicateRecords, 1)
         XCTAssertFalse(db.contains(key))
     }
+
+    func testLinkedAreasAreNotCleaned() throws {
+        // .nestbox/spool and a duplicate bucket replaced by links to a directory outside the
+        // mail root: the old files there are not ours and stay.
+        let store = MailStore(config: try NamesTests.config([("partition-default", "\(dir)/mail")]))
+        try store.prepare()
+        let elsewhere = "\(dir)/elsewhere"
+        TestFS.mkdirs(elsewhere)
+        TestFS.write("\(elsewhere)/old", "x")
+        TestFS.age("\(elsewhere)/old", by: 400 * 86400)
+        XCTAssertEqual(rmdir(store.spoolDirectory), 0)
+        XCTAssertEqual(symlink(elsewhere, store.spoolDirectory), 0)
+        TestFS.mkdirs(store.duplicatesDirectory)
+        XCTAssertEqual(symlink(elsewhere, "\(store.duplicatesDirectory)/ab"), 0)
+        let result = store.housekeeping(duplicates: DuplicateDB(directory: store.duplicatesDirectory, expiry: 1), age: 0)
+        XCTAssertEqual(result.spoolFiles, 0)
+        XCTAssertEqual(result.duplicateRecords, 0)
+        XCTAssertEqual(TestFS.list(elsewhere), ["old"])
+    }
 }
