@@ -123,6 +123,7 @@ public final class GroupCommit: @unchecked Sendable {
             close(newFD)
         }
         let session: UIDListSession
+        let prepared: UIDListFile.PreparedAppend
         do {
             session = try folder.beginUIDListSession(options: lockPolicy)
             guard Folder.sameDirectory(folderFD, folder.path) else {
@@ -130,7 +131,7 @@ public final class GroupCommit: @unchecked Sendable {
                 throw NestboxFailure(.temporary, "\(folder.path): folder renamed or replaced during delivery")
             }
             // A list that could not take the new UIDs defers the round before anything moves.
-            do { try session.checkAppendable() } catch { session.finish(); throw error }
+            do { prepared = try session.prepareAppend() } catch { session.finish(); throw error }
         } catch {
             for t in round { t.failure = error }
             return
@@ -152,7 +153,7 @@ public final class GroupCommit: @unchecked Sendable {
         count(failed, sign: -1, label: label)
         var listFD: Int32 = -1
         do {
-            let uids = try session.append(moved.map { $0.stem }, keepOpen: { listFD = $0 })
+            let uids = try session.append(moved.map { $0.stem }, prepared: prepared, keepOpen: { listFD = $0 })
             for (t, uid) in zip(moved, uids) { t.uid = uid }
         } catch {
             // The files are in new/ and nobody else has numbered them: Dovecot gives them

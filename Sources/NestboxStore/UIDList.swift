@@ -229,13 +229,11 @@ public struct UIDListFile: Sendable {
     /// With `keepOpen`, the new lines are written but not fdatasynced, and the list's descriptor
     /// is handed to `keepOpen` for the caller to fdatasync after releasing the lock.
     /// `uidValidityLock` is how long to wait for `dovecot-uidvalidity.lock` when the list is new.
-    public func appendLocked(_ stems: [String], keepOpen: ((Int32) -> Void)? = nil,
+    public func appendLocked(_ stems: [String], prepared: PreparedAppend? = nil, keepOpen: ((Int32) -> Void)? = nil,
                              uidValidityLock: DotLock.Options = DotLock.Options()) throws -> [UInt32] {
         guard !stems.isEmpty else { return [] }
-        let sync = keepOpen == nil
-        let fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
-        if fd < 0 {
-            guard errno == ENOENT else { throw NestboxFailure.system("open", path) }
+        let state = try prepared ?? prepareAppend()
+        guard state.fd >= 0 else {
             let header = UIDList.Header(uidValidity: try UIDValidity.next(mailRoot: mailRoot, options: uidValidityLock), nextUID: 1,
                                         guid: hexString(randomBytes(16)))
             var list = UIDList(header: header)
@@ -243,21 +241,12 @@ public struct UIDListFile: Sendable {
             try replaceLocked(list.serialized())
             return uids
         }
-        var handedOver = false
-        defer { if !handedOver { close(fd) } }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw NestboxFailure.system("fstat", path) }
-        let size = Int(st.st_size)
-
-        guard let (header, lastUID, tail) = try readEnds(fd, size: size) else {
-            // A torn last line or a header we cannot read from the ends alone: parse everything
-            // and rewrite whole, keeping every mapping we can read.
-            return try rewriteAppending(stems, uidValidityLock: uidValidityLock)
-        }
         // The stems are new files moved into new/ under this lock, so no record names them yet;
         // the records read for the last UID are checked all the same (a retry of a round).
-        if stems.contains(where: { UIDListFile.names($0, in: tail) }) {
-            return try rewriteAppending(stems, uidValidityLock: uidValidityLock)
+        guard let (header, lastUID, tail) = state.ends, !stems.contains(where: { UIDListFile.names($0, in: tail) }) else {
+            // A torn last line or a header we cannot read from the ends alone (or a name already
+            // there): the whole list, rewritten keeping every mapping it holds.
+            return try rewriteAppending(stems, list: state.whole, uidValidityLock: uidValidityLock)
         }
         var next = max(header.nextUID, lastUID + 1)
         var text = ""
@@ -268,19 +257,51 @@ public struct UIDListFile: Sendable {
             text += "\(next) :\(stem)\n"
             next += 1
         }
+        let fd = state.fd
         do {
-            guard lseek(fd, off_t(size), SEEK_SET) >= 0 else { throw NestboxFailure.system("lseek", path) }
+            guard lseek(fd, off_t(state.size), SEEK_SET) >= 0 else { throw NestboxFailure.system("lseek", path) }
             try Files.writeAll(fd, Array(text.utf8), path: path)
-            if sync { try Files.fdatasync(fd, path: path) }
+            if keepOpen == nil { try Files.fdatasync(fd, path: path) }
         } catch {
-            _ = ftruncate(fd, off_t(size))  // never leave a torn record behind
+            _ = ftruncate(fd, off_t(state.size))  // never leave a torn record behind
             throw error
         }
         if let keepOpen {
-            handedOver = true
+            state.fd = -1  // handed over
             keepOpen(fd)
         }
         return uids
+    }
+
+    /// The list as an append finds it, read once with the lock held: the open file and its
+    /// ends (a healthy list), or the whole list parsed (a torn last line, a header the ends do
+    /// not show). The group commit prepares before it moves any file into new/, so that a list
+    /// too damaged to number them defers the round (naming nestbox-reconstruct) instead of
+    /// leaving files unnumbered; the append then uses what was read.
+    public final class PreparedAppend {
+        fileprivate var fd: Int32 = -1
+        fileprivate var size = 0
+        fileprivate var ends: (UIDList.Header, UInt32, [UInt8])? = nil
+        fileprivate var whole: UIDList? = nil
+        deinit { if fd >= 0 { close(fd) } }
+    }
+
+    /// Reads the list for an append (see PreparedAppend); throws when it is damaged beyond a
+    /// torn last line. The caller holds the lock.
+    public func prepareAppend() throws -> PreparedAppend {
+        let state = PreparedAppend()
+        let fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0 {
+            if errno == ENOENT { return state }
+            throw NestboxFailure.system("open", path)
+        }
+        state.fd = fd
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw NestboxFailure.system("fstat", path) }
+        state.size = Int(st.st_size)
+        state.ends = try readEnds(fd, size: state.size)
+        if state.ends == nil { state.whole = try readForRewrite(warn: true) }
+        return state
     }
 
     /// Header, last UID and the last few KiB of records, from the first and the last few KiB;
@@ -333,8 +354,8 @@ public struct UIDListFile: Sendable {
         }
     }
 
-    private func rewriteAppending(_ stems: [String], uidValidityLock: DotLock.Options) throws -> [UInt32] {
-        guard var list = try readForRewrite(warn: true) else {
+    private func rewriteAppending(_ stems: [String], list parsed: UIDList?, uidValidityLock: DotLock.Options) throws -> [UInt32] {
+        guard var list = try parsed ?? readForRewrite(warn: true) else {
             return try appendLocked(stems, uidValidityLock: uidValidityLock)
         }
         if list.header.version < 3 { list.header.version = 3 }
@@ -358,23 +379,6 @@ public struct UIDListFile: Sendable {
         } catch {
             throw NestboxFailure(.temporary, "\(path): \(error); run nestbox-reconstruct")
         }
-    }
-
-    /// Throws, the caller holding the lock, when `appendLocked` could not number new files: a
-    /// list damaged beyond a torn last line. The group commit asks before it moves any file
-    /// into new/, so that a damaged list defers deliveries (naming nestbox-reconstruct) instead
-    /// of leaving their files unnumbered. Reads only the ends of a healthy list.
-    public func checkAppendable() throws {
-        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        if fd < 0 {
-            if errno == ENOENT { return }
-            throw NestboxFailure.system("open", path)
-        }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw NestboxFailure.system("fstat", path) }
-        if try readEnds(fd, size: Int(st.st_size)) != nil { return }
-        _ = try readForRewrite(warn: false)
     }
 
     /// Replaces the list with `bytes`, the caller holding the lock: `dovecot-uidlist.tmp` (a

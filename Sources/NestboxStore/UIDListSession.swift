@@ -101,15 +101,17 @@ public final class UIDListSession {
     /// creates the list with a fresh UIDVALIDITY if there is none. With `keepOpen`, the lines
     /// are not fdatasynced: the list's descriptor is handed over for the caller to sync after
     /// `finish()` (the group commit's way; UIDListFile.appendLocked).
-    /// Throws when the list is too damaged to number new files (see UIDListFile.checkAppendable).
-    public func checkAppendable() throws {
+    /// Reads the list for an append; throws when it is too damaged to number new files (see
+    /// UIDListFile.PreparedAppend).
+    public func prepareAppend() throws -> UIDListFile.PreparedAppend {
         requireOpen()
-        try file.checkAppendable()
+        return try file.prepareAppend()
     }
 
-    public func append(_ stems: [String], keepOpen: ((Int32) -> Void)? = nil) throws -> [UInt32] {
+    public func append(_ stems: [String], prepared: UIDListFile.PreparedAppend? = nil,
+                       keepOpen: ((Int32) -> Void)? = nil) throws -> [UInt32] {
         requireOpen()
-        return try file.appendLocked(stems, keepOpen: keepOpen, uidValidityLock: options)
+        return try file.appendLocked(stems, prepared: prepared, keepOpen: keepOpen, uidValidityLock: options)
     }
 
     /// Replaces the list with `list`, through `dovecot-uidlist.tmp`, fdatasync and rename. Refused
