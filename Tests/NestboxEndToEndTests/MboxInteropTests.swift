@@ -1,0 +1,164 @@
+import Foundation
+import NestboxStore
+import NestboxSupport
+import XCTest
+
+/// Mbox purge between the real peers: Postfix local(8) delivers to an mbox spool file (with its
+/// own locking, `fcntl, dotlock` as Debian configures it), Dovecot reads it and marks messages
+/// \Deleted (writing X-UID, X-IMAPbase and X-Status: D into the file), Mbox.purge removes them,
+/// and Dovecot then sees exactly the survivors with their UIDs, flags and UIDVALIDITY, with no
+/// complaint in its log; Postfix goes on delivering to the replaced file.
+final class MboxInteropTests: PostfixTestCase {
+    static let user = Harness.mailOwner  // local(8) delivers to a passwd account: vmail
+    var spool: String { mailRoot }
+    var mbox: String { "\(spool)/\(Self.user)" }
+    var doveHome = ""
+    var doveConf = ""
+    var doveLog = ""
+
+    override func setUpWithError() throws {
+        try super.setUpWithError()
+        try preparePostfixInstance(label: "nbmbox", tools: ["/usr/bin/doveadm"])
+        let settings: [(String, String)] = [
+            ("mail_spool_directory", spool),
+            ("mailbox_delivery_lock", "fcntl, dotlock"),
+            ("mailbox_transport", ""),
+            ("mailbox_command", ""),
+            ("home_mailbox", ""),
+            ("local_transport", "local:$myhostname"),
+            ("local_recipient_maps", "proxy:unix:passwd.byname"),
+        ]
+        try writeMainCf(sample: settings, header: "written by MboxInteropTests: local(8) into mbox spool files")
+        try writeMasterCf(header: "written by MboxInteropTests")
+        try startPostfix()
+
+        doveHome = "\(base)/home"
+        try makeDir(doveHome)
+        try makeDir("\(doveHome)/mail")
+        doveLog = "\(base)/dovecot.log"
+        doveConf = "\(base)/dovecot.conf"
+        let conf = """
+        mail_location = mbox:\(doveHome)/mail:INBOX=\(mbox)
+        base_dir = \(base)/dovecot-run
+        state_dir = \(base)/dovecot-state
+        log_path = \(doveLog)
+        ssl = no
+        protocols =
+        mail_uid = \(Harness.mailOwner)
+        mail_gid = \(Harness.mailOwner)
+        first_valid_uid = 1
+        mbox_write_locks = fcntl dotlock
+        namespace inbox {
+          inbox = yes
+          separator = /
+        }
+        """
+        try conf.write(toFile: doveConf, atomically: true, encoding: .utf8)
+        FileManager.default.createFile(atPath: doveLog, contents: nil)
+        try Harness.chownToMailOwner(doveLog)
+    }
+
+    @discardableResult
+    func doveadm(_ args: [String]) throws -> Harness.Result {
+        let r = try Harness.run("/usr/bin/doveadm", ["-c", doveConf] + args,
+                                environment: ["USER": Self.user, "HOME": doveHome])
+        guard r.status == 0 else {
+            XCTFail("doveadm \(args) exited \(r.status): \(r.stderr)\n\(Harness.read(doveLog))")
+            throw failure("doveadm")
+        }
+        return r
+    }
+
+    /// `freshIndex`: a Dovecot that never saw the file before (index files of its own), so that
+    /// what it shows comes from the file alone.
+    func fetch(freshIndex: String? = nil) throws -> [[String: String]] {
+        let fields = "uid flags hdr.message-id"
+        let r = try doveadm(options(freshIndex) + ["fetch", fields, "mailbox", "INBOX", "all"])
+        return Dovecot.parseFetch(r.stdout, fields: fields.split(separator: " ").map(String.init))
+    }
+
+    func options(_ freshIndex: String?) -> [String] {
+        guard let index = freshIndex else { return [] }
+        return ["-o", "mail_location=mbox:\(doveHome)/mail:INBOX=\(mbox):INDEX=\(index)"]
+    }
+
+    func status(_ field: String, freshIndex: String? = nil) throws -> String {
+        let text = try doveadm(options(freshIndex) + ["-f", "flow", "mailbox", "status", field, "INBOX"]).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        return text.split(separator: "=").last.map(String.init) ?? text
+    }
+
+    func deliver(_ n: Int) throws {
+        let rcpt = "\(Self.user)@\(Self.localDomain)"
+        let qid = try send(to: rcpt, subject: "message \(n)",
+                           body: "Body of message \(n).\n\nFrom here on a line Postfix quotes.\n")
+        try requireStatus(qid: qid, recipient: rcpt, "sent", relay: "local")
+    }
+
+    func flags(_ row: [String: String]) -> Set<String> {
+        Set((row["flags"] ?? "").split(separator: " ").map(String.init)).subtracting(["\\Recent"])
+    }
+
+    func testPurgeOfDovecotDeletedMessagesInAPostfixMbox() throws {
+        for n in 1...4 { try deliver(n) }
+        let delivered = Harness.read(mbox)
+        XCTAssertEqual(delivered.components(separatedBy: "\n>From here on").count, 5, "Postfix quoted the body lines")
+        XCTAssertEqual(try Mbox.scan(path: mbox).count, 4)
+
+        // Dovecot reads the file, numbers the messages, and writes the flags into it.
+        let first = try fetch()
+        XCTAssertEqual(first.map { $0["uid"] }, ["1", "2", "3", "4"])
+        let ids = first.map { $0["hdr.message-id"] ?? "" }
+        XCTAssertEqual(Set(ids).count, 4, "\(first)")
+        let validity = try status("uidvalidity")
+        try doveadm(["flags", "add", "\\Deleted", "mailbox", "INBOX", "uid", "1,3"])
+        try doveadm(["flags", "add", "\\Flagged", "mailbox", "INBOX", "uid", "2"])
+        try doveadm(["flags", "add", "\\Seen \\Answered", "mailbox", "INBOX", "uid", "4"])
+        let scanned = try Mbox.scan(path: mbox)
+        XCTAssertEqual(scanned.map(\.deleted), [true, false, true, false], "Dovecot wrote X-Status: D into the file")
+        XCTAssertEqual(scanned.map(\.uid), [1, 2, 3, 4], "and X-UID")
+        let before = Array(Harness.read(mbox).utf8)
+
+        let result = try Mbox.purge(path: mbox, locks: [.fcntl, .dotlock], options: DotLock.Options(timeout: 30),
+                                    dryRun: false) { $0.deleted }
+        XCTAssertEqual(result.removed.map(\.uid), [1, 3])
+        XCTAssertEqual(result.remainingMessages, 2)
+        // The survivors' bytes are the ones Dovecot wrote.
+        let after = Array(Harness.read(mbox).utf8)
+        for m in scanned where !m.deleted {
+            let old = before[Int(m.offset)..<Int(m.offset + m.length)]
+            XCTAssertNotNil(after.firstRange(of: old), "message \(m.uid ?? 0) kept byte for byte")
+        }
+        var st = stat()
+        XCTAssertEqual(lstat(mbox, &st), 0)
+        XCTAssertEqual(st.st_uid, getpwnam(Harness.mailOwner)!.pointee.pw_uid, "owner kept")
+        XCTAssertEqual(st.st_mode & 0o7777, 0o600)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: spool).sorted(), [Self.user],
+                       "no lock or temporary file left")
+
+        // First, what the file alone says, to a Dovecot without an index (X-IMAPbase went with UID 1: the
+        // pseudo-message keeps it; a Dovecot with its index would write it back itself).
+        let fresh = "\(base)/fresh-index"
+        try makeDir(fresh)
+        XCTAssertEqual(try fetch(freshIndex: fresh).map { $0["uid"] }, ["2", "4"])
+        XCTAssertEqual(try status("uidvalidity", freshIndex: fresh), validity)
+        XCTAssertEqual(try status("uidnext", freshIndex: fresh), "5")
+        let survivors = try fetch()
+        XCTAssertEqual(survivors.map { $0["uid"] }, ["2", "4"], "the survivors keep their UIDs")
+        XCTAssertEqual(survivors.map { $0["hdr.message-id"] ?? "" }, [ids[1], ids[3]])
+        XCTAssertEqual(survivors.map(flags), [["\\Flagged"], ["\\Seen", "\\Answered"]])
+        XCTAssertEqual(try status("uidvalidity"), validity, "same UIDVALIDITY: clients keep their caches")
+
+        // Postfix goes on delivering to the new file; Dovecot gives the next UID.
+        try deliver(5)
+        let last = try fetch()
+        XCTAssertEqual(last.map { $0["uid"] }, ["2", "4", "5"])
+        XCTAssertEqual(try status("uidvalidity"), validity)
+
+        let log = Harness.read(doveLog)
+        let complaints = log.split(separator: "\n").filter { $0.contains("Error") || $0.contains("Warning") || $0.contains("Panic") }
+        XCTAssertEqual(complaints, [], log)
+        let maillog = Harness.read(maillog).split(separator: "\n").filter { $0.contains("warning") || $0.contains("error") }
+        XCTAssertEqual(maillog, [], logTail())
+    }
+}
