@@ -149,3 +149,31 @@ public struct MailboxNames: Sendable {
         return go(0, 0)
     }
 }
+
+/// The mailboxes a tool's arguments select, each once, in the order added; the names that
+/// matched nothing, as typed, for the "no such mailbox" lines and exit 67.
+public struct MailboxSelection: Sendable {
+    public let names: MailboxNames
+    /// Every mailbox of the mail root (MailboxNames.all), read once.
+    public let everything: [ResolvedMailbox]
+    public private(set) var mailboxes: [ResolvedMailbox] = []
+    public private(set) var unknown: [String] = []
+
+    public init(_ names: MailboxNames) throws {
+        self.names = names
+        everything = try names.all()
+    }
+
+    /// Adds `m` unless it is there already.
+    public mutating func add(_ m: ResolvedMailbox) {
+        if !mailboxes.contains(where: { $0.folder.path == m.folder.path }) { mailboxes.append(m) }
+    }
+
+    /// The mailboxes `typed` names (MailboxNames.resolve); when none, `shown` (what the
+    /// administrator typed) is kept as unknown. Adds nothing: the caller decides.
+    public mutating func resolve(_ typed: String, shown: String) throws -> [ResolvedMailbox] {
+        let found = try names.resolve(typed)
+        if found.isEmpty { unknown.append(shown) }
+        return found
+    }
+}

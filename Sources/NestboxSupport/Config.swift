@@ -34,6 +34,12 @@ public struct Config: Sendable {
         case oneOf([String], shown: String)
         /// Listeners on loopback addresses only.
         case loopbackOnly
+        /// Empty, or a path starting with `/`.
+        case absolutePathOrEmpty
+        /// Words separated by spaces, each one of these (in any case).
+        case wordsFrom([String])
+        /// `name=duration[+flagged]` items separated by spaces (`purge_rules`, parseRules).
+        case retentionRules
     }
 
     public struct Key: Sendable {
@@ -85,6 +91,12 @@ public struct Config: Sendable {
         Key(name: "lmtp_max_connections", kind: .integer, defaultValue: "100", summary: "concurrent LMTP sessions; more are told `421 4.3.2` and closed", rules: [.minimum(1)]),
         Key(name: "lmtp_idle_timeout", kind: .integer, defaultValue: "300", summary: "seconds an LMTP session may stay silent before `421 4.4.2`", rules: [.minimum(1)]),
         Key(name: "lmtp_max_recipients", kind: .integer, defaultValue: "500", summary: "recipients per LMTP transaction; more get `452 4.5.3`", rules: [.minimum(1)]),
+        Key(name: "purge_rules", kind: .string, defaultValue: "", summary: "nestbox-purge --rules: `folder=age` items, e.g. `Trash=30d Junk=14d`; `+flagged` expires \\Flagged too",
+            rules: [.retentionRules]),
+        Key(name: "mbox_spool_directory", kind: .string, defaultValue: "", summary: "directory of mbox spool files nestbox-purge --mbox-spool purges, e.g. /var/mail; empty: none",
+            rules: [.absolutePathOrEmpty]),
+        Key(name: "mbox_write_locks", kind: .string, defaultValue: "dotlock fcntl", summary: "locks taken, in this order, to rewrite an mbox: dotlock, fcntl, flock",
+            rules: [.wordsFrom(["dotlock", "fcntl", "flock"])]),
         Key(name: "lock_timeout", kind: .integer, defaultValue: "122", summary: "seconds to wait for a mailbox lock before a temporary failure (Dovecot waits 122)", rules: [.minimum(1)]),
         Key(name: "syslog_facility", kind: .facility, defaultValue: "mail", summary: "syslog facility of log lines"),
     ]
@@ -245,6 +257,13 @@ public struct Config: Sendable {
         case .loopbackOnly:
             let outside = value.split(separator: " ").first { Listener.parse(String($0))?.isLoopback == false }
             return outside.map { "\($0) is not a loopback address (LMTP has no authentication here)" }
+        case .absolutePathOrEmpty:
+            return value.isEmpty ? nil : broken(.absolutePath, value)
+        case .wordsFrom(let words):
+            let bad = value.split(separator: " ").first { !words.contains($0.lowercased()) }
+            return bad.map { "expected words from \(words.joined(separator: ", ")), got \"\($0)\"" }
+        case .retentionRules:
+            return parseRules(value) == nil ? "expected items like Trash=30d or Junk=14d+flagged, got \"\(value)\"" : nil
         }
     }
 
@@ -257,13 +276,51 @@ public struct Config: Sendable {
     }
 
     /// "3d", "12h", "30m", "45s", "2w" or plain seconds.
-    public static func parseDuration(_ text: String) -> Double? {
+    public static func parseDuration(_ text: String) -> Double? { parseDuration(text, plainUnit: 1) }
+
+    /// A duration in seconds: numbers each followed by a unit (`s`, `m`, `h`, `d`, `w`), one
+    /// after the other (`30d`, `1d12h`, `90m`), or one plain number counted in `plainUnit`
+    /// seconds (ipurge's `-d 30` is days, cyr_expire's `-E 3` too). Nil when malformed.
+    public static func parseDuration(_ text: String, plainUnit: Double) -> Double? {
         let t = text.trimmingSpaces().lowercased()
-        guard let last = t.last else { return nil }
+        if let n = Double(t), n >= 0, n.isFinite { return n * plainUnit }
         let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604_800]
-        if let unit = units[last], let n = Double(t.dropLast()), n >= 0 { return n * unit }
-        if let n = Double(t), n >= 0 { return n }
-        return nil
+        var total = 0.0
+        var number = ""
+        for c in t {
+            if let unit = units[c] {
+                guard let n = Double(number), n >= 0, n.isFinite else { return nil }
+                total += n * unit
+                number = ""
+            } else if c.isASCII && (c.isNumber || c == ".") {
+                number.append(c)
+            } else {
+                return nil
+            }
+        }
+        return number.isEmpty && !t.isEmpty ? total : nil
+    }
+
+    /// One `purge_rules` item: folder name pattern, age in seconds, whether \Flagged expires too.
+    public struct RetentionRule: Equatable, Sendable {
+        public let name: String
+        public let age: Double
+        public let includeFlagged: Bool
+    }
+
+    /// `Trash=30d Junk=14d+flagged` as rules; nil when an item is malformed (empty: no rule).
+    public static func parseRules(_ text: String) -> [RetentionRule]? {
+        var rules: [RetentionRule] = []
+        for item in text.split(separator: " ") {
+            guard let eq = item.lastIndex(of: "=") else { return nil }
+            let name = String(item[..<eq])
+            var duration = String(item[item.index(after: eq)...])
+            let flagged = duration.lowercased().hasSuffix("+flagged")
+            if flagged { duration = String(duration.dropLast("+flagged".count)) }
+            guard !name.isEmpty, let age = parseDuration(duration, plainUnit: 86400) else { return nil }
+            rules.append(RetentionRule(name: name, age: age, includeFlagged: flagged))
+        }
+        return rules
     }
 
     public static func currentEnvironment() -> [String: String] {

@@ -90,6 +90,17 @@ public final class Tool {
         }
     }
 
+    /// `body`'s value; a failure exits through `fail` (any other error as a temporary one).
+    public func orFail<T>(_ body: () throws -> T) -> T {
+        do {
+            return try body()
+        } catch let f as NestboxFailure {
+            fail(f)
+        } catch {
+            fail(NestboxFailure(.temporary, "\(error)"))
+        }
+    }
+
     /// A command line that parsed but does not make sense ("no user given"): exit 64.
     public func usageError(_ text: String) -> Never {
         finish(.usage, detail: text + " (see --help)")

@@ -62,37 +62,26 @@ let json = parsed.has("json")
 
 let names = MailboxNames(config: config)
 let separator = String(names.separator)
-var mailboxes: [ResolvedMailbox] = []
-var unknown: [String] = []
-do {
-    let everything = try names.all()
-    func add(_ m: ResolvedMailbox) {
-        if !mailboxes.contains(where: { $0.folder.path == m.folder.path }) { mailboxes.append(m) }
+var selection = tool.orFail { try MailboxSelection(names) }
+/// `m` and every folder below it.
+func addTree(_ m: ResolvedMailbox) {
+    selection.add(m)
+    let prefix = m.folder.isRoot ? "" : m.folder.name + separator
+    for other in selection.everything where other.owner == m.owner && other.folder.path != m.folder.path {
+        if m.folder.isRoot || other.folder.name.hasPrefix(prefix) { selection.add(other) }
     }
-    /// `m` and every folder below it.
-    func addTree(_ m: ResolvedMailbox) {
-        add(m)
-        let prefix = m.folder.isRoot ? "" : m.folder.name + separator
-        for other in everything where other.owner == m.owner && other.folder.path != m.folder.path {
-            if m.folder.isRoot || other.folder.name.hasPrefix(prefix) { add(other) }
-        }
-    }
-    if parsed.has("all") {
-        everything.forEach(add)
-    }
-    for operand in parsed.operands {
-        let typed = parsed.has("users") ? MailboxNames.userPrefix + separator + operand : operand
-        let found = try names.resolve(typed)
-        if found.isEmpty { unknown.append(operand) }
-        for m in found {
-            if parsed.has("recurse") || parsed.has("users") { addTree(m) } else { add(m) }
-        }
-    }
-} catch let f as NestboxFailure {
-    tool.fail(f)
-} catch {
-    tool.fail(NestboxFailure(.temporary, "\(error)"))
 }
+if parsed.has("all") {
+    selection.everything.forEach { selection.add($0) }
+}
+for operand in parsed.operands {
+    let typed = parsed.has("users") ? MailboxNames.userPrefix + separator + operand : operand
+    for m in tool.orFail({ try selection.resolve(typed, shown: operand) }) {
+        if parsed.has("recurse") || parsed.has("users") { addTree(m) } else { selection.add(m) }
+    }
+}
+let mailboxes = selection.mailboxes
+let unknown = selection.unknown
 
 // MARK: Checking and repairing
 
@@ -102,34 +91,26 @@ struct Line {
 }
 var lines: [Line] = []
 var reports: [(ResolvedMailbox, FolderReport)] = []
-var errors: [(String, NestboxFailure)] = []
 var quotaRootsDone: Set<String> = []
-let progress = !json && isatty(2) != 0 && mailboxes.count > 1
-
-func say(_ text: String) {
-    if progress { fputs("\r\u{1B}[K", stderr) }
-    print(text)
-    fflush(stdout)
-}
+let loop = MailboxLoop(count: mailboxes.count, json: json)
 
 func show(_ mailbox: String, _ p: ReconstructProblem) {
     lines.append(Line(mailbox: mailbox, problem: p))
     if json || (quiet && p.repaired) { return }
-    say("\(mailbox): \(p.what) (\(p.path)): \(p.action)")
+    loop.say("\(mailbox): \(p.what) (\(p.path)): \(p.action)")
 }
 
 for (i, m) in mailboxes.enumerated() {
-    if progress { fputs("\r\u{1B}[K[\(i + 1)/\(mailboxes.count)] \(m.name)", stderr) }
-    do {
+    loop.each(i, m.name) {
         let report = try m.folder.reconstruct(options)
         reports.append((m, report))
         for p in report.problems { show(m.name, p) }
         if report.newUIDValidity && !json {
-            fputs("\(m.name): NO UID COULD BE KEPT: a new UIDVALIDITY was given; every IMAP client downloads this mailbox again\n", stderr)
+            loop.warn("\(m.name): NO UID COULD BE KEPT: a new UIDVALIDITY was given; every IMAP client downloads this mailbox again")
         }
         if !json && !quiet {
             let repaired = report.problems.filter(\.repaired).count
-            say("\(m.name): \(report.messages) messages, \(report.problems.count) problems, \(repaired) repaired")
+            loop.say("\(m.name): \(report.messages) messages, \(report.problems.count) problems, \(repaired) repaired")
         }
         // The owner's maildirsize, once per mail root.
         if quotaRootsDone.insert(m.folder.mailRoot).inserted {
@@ -151,40 +132,11 @@ for (i, m) in mailboxes.enumerated() {
                 show(m.name, p)
             }
         }
-    } catch let f as NestboxFailure {
-        errors.append((m.name, f))
-        if !json { fputs("\(m.name): \(f.outcome.dsnLine): \(f.detail)\n", stderr) }
-    } catch {
-        let f = NestboxFailure(.temporary, "\(error)")
-        errors.append((m.name, f))
-        if !json { fputs("\(m.name): \(f.detail)\n", stderr) }
     }
 }
-if progress { fputs("\r\u{1B}[K", stderr) }
-for name in unknown where !json { fputs("\(name): no such mailbox\n", stderr) }
+loop.end(unknown: unknown)
 
 // MARK: Report and exit status
-
-func jsonString(_ s: String) -> String {
-    var out = "\""
-    for scalar in s.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if scalar.value < 0x20 {
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-    }
-    return out + "\""
-}
 
 let remaining = lines.filter { !$0.problem.repaired }.count
 if json {
@@ -196,15 +148,14 @@ if json {
         parts.append("{\"mailbox\":\(jsonString(m.name)),\"path\":\(jsonString(r.path)),\"messages\":\(r.messages),"
             + "\"newUIDValidity\":\(r.newUIDValidity),\"problems\":[\(problems.joined(separator: ","))]}")
     }
-    let errorParts = errors.map { "{\"mailbox\":\(jsonString($0.0)),\"status\":\(jsonString($0.1.outcome.status)),\"error\":\(jsonString($0.1.detail))}" }
     print("{\"dryRun\":\(options.dryRun),\"mailboxes\":[\(parts.joined(separator: ","))],"
-        + "\"unknown\":[\(unknown.map(jsonString).joined(separator: ","))],\"errors\":[\(errorParts.joined(separator: ","))],"
+        + "\"unknown\":[\(unknown.map(jsonString).joined(separator: ","))],\"errors\":\(loop.errorsJSON),"
         + "\"problemsRemaining\":\(remaining)}")
     fflush(stdout)
 }
 
-if let temporary = errors.first(where: { $0.1.outcome.isTemporary }) { tool.finish(temporary.1.outcome, logged: true) }
-if let other = errors.first { tool.finish(other.1.outcome, logged: true) }
+if let temporary = loop.errors.first(where: { $0.failure.outcome.isTemporary }) { tool.finish(temporary.failure.outcome, logged: true) }
+if let other = loop.errors.first { tool.finish(other.failure.outcome, logged: true) }
 if !unknown.isEmpty { tool.finish(.userUnknown.with(text: "Mailbox unknown"), logged: true) }
 if remaining > 0 { tool.finish(.problemsRemain, logged: true) }
 tool.finish(.delivered)

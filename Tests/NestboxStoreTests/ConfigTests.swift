@@ -195,6 +195,18 @@ final class ConfigTests: TempDirTestCase {
                 case .loopbackOnly:
                     XCTAssertNoThrow(try c.set(key.name, "127.0.0.1:24 localhost:2424 [::1]:24", file: "t", line: 1), key.name)
                     XCTAssertThrowsError(try c.set(key.name, "192.0.2.1:24", file: "t", line: 1), key.name)
+                case .absolutePathOrEmpty:
+                    XCTAssertNoThrow(try c.set(key.name, "", file: "t", line: 1), key.name)
+                    XCTAssertNoThrow(try c.set(key.name, "/srv/x", file: "t", line: 1), key.name)
+                    XCTAssertThrowsError(try c.set(key.name, "srv/x", file: "t", line: 1), key.name)
+                case .wordsFrom(let words):
+                    XCTAssertNoThrow(try c.set(key.name, words.joined(separator: " ").uppercased(), file: "t", line: 1), key.name)
+                    XCTAssertThrowsError(try c.set(key.name, "\(words[0]) neither", file: "t", line: 1), key.name)
+                case .retentionRules:
+                    XCTAssertNoThrow(try c.set(key.name, "Trash=30d Junk=14d+flagged Lists/*=1w12h Old=90", file: "t", line: 1), key.name)
+                    for bad in ["Trash", "=30d", "Trash=", "Trash=30x", "Trash=-1d"] {
+                        XCTAssertThrowsError(try c.set(key.name, bad, file: "t", line: 1), "\(key.name) \(bad)")
+                    }
                 }
             }
         }
