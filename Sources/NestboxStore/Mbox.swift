@@ -249,7 +249,7 @@ public enum Mbox {
                     bodyEnd -= 1
                 }
                 let index = result.messages.count
-                if result.imapBase == nil && index == 0, let base = headers["x-imapbase"] {
+                if index == 0 && result.pseudoLength == 0, let base = headers["x-imapbase"] {
                     result.imapBase = (index, base)
                 }
                 result.messages.append(MboxMessage(
@@ -373,7 +373,7 @@ public enum Mbox {
         var renamed = false
         defer {
             if !renamed { Files.removeQuietly(tmp) }
-            Glibc.close(fd)  // after the rename: drops the kernel locks on the new mbox last
+            Glibc.close(fd)  // after the rename and the tail copy: a deliverer waits on it till then
         }
         let old = session.status
         if fchown(fd, old.st_uid, old.st_gid) != 0 {

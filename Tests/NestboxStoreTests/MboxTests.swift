@@ -298,6 +298,10 @@ final class MboxTests: TempDirTestCase {
         write(first + Self.two)
         _ = try Mbox.purge(path: mbox, locks: [.dotlock], options: fast, dryRun: false) { $0.uid == 2 }
         XCTAssertEqual(TestFS.readText(mbox), first)
+        // A pseudo-message already there holds the folder's data: no second one.
+        write(Self.pseudo + first + Self.two)
+        _ = try Mbox.purge(path: mbox, locks: [.dotlock], options: fast, dryRun: false) { $0.uid == 1 }
+        XCTAssertEqual(TestFS.readText(mbox), Self.pseudo + Self.two)
     }
 
     // MARK: - locks
@@ -429,6 +433,68 @@ final class MboxTests: TempDirTestCase {
         TestFS.write(tmp, "half a mailbox")
         _ = try Mbox.purge(path: mbox, locks: [.dotlock, .fcntl], options: fast, dryRun: false) { $0.deleted }
         XCTAssertEqual(TestFS.read(mbox), bytes(Self.pseudo + Self.two + Self.four))
+        assertOnlyMbox()
+    }
+
+    // MARK: - crash
+
+    /// A purge killed (SIGKILL) at random instants, in a forked child, leaves the complete old
+    /// mbox or the complete new one, never anything else; the next purge then takes over the
+    /// dead child's dotlock and replaces its temporary file. The child does nothing but the
+    /// purge and _exit (no XCTest in it).
+    func testKillAtAnyInstantLeavesOldOrNewMbox() throws {
+        var text = Self.pseudo
+        for i in 0..<1000 {
+            text += i % 3 == 0 ? Self.one : i % 3 == 1 ? Self.two : Self.three
+        }
+        let old = bytes(text)
+        // The expected result, computed in this process on a copy.
+        let copy = "\(dir)/copy"
+        TestFS.write(copy, old)
+        let start = monotonicSeconds()
+        _ = try Mbox.purge(path: copy, locks: [.dotlock, .fcntl], options: fast, dryRun: false) { $0.deleted }
+        let duration = monotonicSeconds() - start
+        let new = try XCTUnwrap(TestFS.read(copy))
+        XCTAssertLessThan(new.count, old.count)
+        unlink(copy)
+
+        var outcomes: [String: Int] = [:]
+        let rounds = 16
+        for round in 0..<rounds {
+            TestFS.write(mbox, old)
+            let path = mbox
+            let options = fast
+            let pid = fork()
+            if pid == 0 {
+                _ = try? Mbox.purge(path: path, locks: [.dotlock, .fcntl], options: options, dryRun: false) { $0.deleted }
+                _exit(0)
+            }
+            XCTAssertGreaterThan(pid, 0, "fork: \(errnoText(errno))")
+            // First round: killed at once; last: not killed; the others spread over 1.5 times
+            // the purge's own duration.
+            if round < rounds - 1 {
+                usleep(UInt32(Double(round) / Double(rounds - 1) * duration * 1.5 * 1e6))
+                kill(pid, SIGKILL)
+            }
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+            let now = TestFS.read(mbox)
+            if now == old {
+                outcomes["old", default: 0] += 1
+            } else if now == new {
+                outcomes["new", default: 0] += 1
+            } else {
+                XCTFail("round \(round): the mbox is neither the old nor the new one (\(now?.count ?? -1) bytes)")
+            }
+        }
+        XCTAssertGreaterThan(outcomes["old"] ?? 0, 0, "\(outcomes)")
+        XCTAssertGreaterThan(outcomes["new"] ?? 0, 0, "\(outcomes)")
+        // Whatever the last kill left (a dead holder's dotlock, a temporary file) is taken over.
+        TestFS.write(mbox, old)
+        let again = monotonicSeconds()
+        _ = try Mbox.purge(path: mbox, locks: [.dotlock, .fcntl], options: DotLock.Options(timeout: 5), dryRun: false) { $0.deleted }
+        XCTAssertLessThan(monotonicSeconds() - again, 2.0)
+        XCTAssertEqual(TestFS.read(mbox), new)
         assertOnlyMbox()
     }
 
