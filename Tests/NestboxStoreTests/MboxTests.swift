@@ -436,6 +436,58 @@ final class MboxTests: TempDirTestCase {
         assertOnlyMbox()
     }
 
+    /// A purge that could only rewrite in place (a directory it may not write, a sticky spool
+    /// directory and someone else's mbox) refuses with a configuration failure and touches
+    /// nothing. Run as `nobody` in a forked child (the tests run as root, as in CI); the child
+    /// exits with the failure's code.
+    func testUnreplaceableMboxIsAConfigurationFailure() throws {
+        guard getuid() == 0, let nobody = getpwnam("nobody") else {
+            XCTFail("this test switches to the user nobody and must run as root (as in CI)")
+            return
+        }
+        let (uid, gid) = (nobody.pointee.pw_uid, nobody.pointee.pw_gid)
+        func purgeAsNobody() -> Int32 {
+            let path = mbox
+            let options = fast
+            let pid = fork()
+            if pid == 0 {
+                guard setgid(gid) == 0, setuid(uid) == 0 else { _exit(99) }
+                do {
+                    _ = try Mbox.purge(path: path, locks: [.dotlock, .fcntl], options: options, dryRun: false) { $0.deleted }
+                    _exit(0)
+                } catch let failure as NestboxFailure {
+                    _exit(failure.outcome.exitCode)
+                } catch {
+                    _exit(98)
+                }
+            }
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+            return (status >> 8) & 0xff
+        }
+        chmod(dir, 0o755)
+        write(Self.fixture)
+        // nobody's own mbox in a directory nobody may not write (/var/mail 2775 root:mail).
+        chown(mbox, uid, gid)
+        XCTAssertEqual(purgeAsNobody(), 78)
+        XCTAssertEqual(TestFS.read(mbox), bytes(Self.fixture))
+        assertOnlyMbox()
+        // A sticky directory everyone may write (/var/mail 1777), someone else's mbox.
+        chmod(dir, 0o1777)
+        chown(mbox, 0, 0)
+        chmod(mbox, 0o666)
+        XCTAssertEqual(purgeAsNobody(), 78)
+        XCTAssertEqual(TestFS.read(mbox), bytes(Self.fixture))
+        assertOnlyMbox()
+        // Its own mbox there: replaced.
+        chown(mbox, uid, gid)
+        chmod(mbox, 0o600)
+        XCTAssertEqual(purgeAsNobody(), 0)
+        XCTAssertEqual(TestFS.read(mbox), bytes(Self.pseudo + Self.two + Self.four))
+        XCTAssertEqual(stat(mbox).st_uid, uid)
+        assertOnlyMbox()
+    }
+
     // MARK: - crash
 
     /// A purge killed (SIGKILL) at random instants, in a forked child, leaves the complete old
