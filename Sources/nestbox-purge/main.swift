@@ -187,7 +187,7 @@ if let expire {
             + "\(report.creationTrees) creation trees, \(report.temporaryFiles) tmp/ files")
     }
 }
-if !json && !quiet && mailboxes.count + mboxes.count > 0 {
+if !json && !quiet && !(parsed.operands.isEmpty && !parsed.has("all") && mboxes.isEmpty) {
     loop.say("all \(reports.count) mailboxes: \(summary(total))")
 }
 
