@@ -30,7 +30,10 @@
 #     themselves), through GNU time: wall time from date +%s.%N around it, peak RSS from %M.
 #     Nestbox runs first, then Dovecot, on its own copy.
 #   - nestbox-reconstruct: .build/release (built with `swift build -c release --product
-#     nestbox-reconstruct` when missing), default options (it stats every file, as Dovecot does).
+#     nestbox-reconstruct` when missing), run twice on two copies: with default options (it
+#     stats every file and checks its size against the name's ,S=, which Dovecot does not),
+#     and with -s (sizes taken from the names: the same work as force-resync, which reads
+#     only the directories and the list).
 #   - After each Nestbox run the result is checked, and a wrong one marks the row BAD (exit 1):
 #       state 1: exit 0 and dovecot-uidlist byte for byte unchanged;
 #       states 2 and 3: exit 0, every file in cur/ and new/ has exactly one record, no UID twice,
@@ -219,7 +222,7 @@ verify() {
 declare -A T_N T_D M_N M_D OK K_N K_D
 bad=0
 for s in 1 2 3; do
-  for who in n d; do
+  for who in n s d; do
     mkdir -p "$work/s$s$who"
     cp -a "$tmpl" "$work/s$s$who/big"
     f=$work/s$s$who/big/dovecot-uidlist
@@ -228,50 +231,57 @@ for s in 1 2 3; do
       3) rm -f "$f" ;;
     esac
   done
-  chown vmail:"$VGID" "$work/s${s}n" "$work/s${s}d"
+  chown vmail:"$VGID" "$work/s${s}n" "$work/s${s}s" "$work/s${s}d"
   # The records that survived the damage.
   uidmap "$work/s${s}n/big" > "$work/surv.$s"
   say "state $s: $(wc -l < "$work/surv.$s") records in dovecot-uidlist"
   cp -p "$work/s${s}n/big/dovecot-uidlist" "$work/uidlist.$s" 2>/dev/null
 
-  conf=$(nb_conf "$work/s${s}n")
-  if [ $s = 1 ]; then
-    timed "$work/nb.$s.out" "$work/nb.$s.err" "$nb_bin" -C "$conf" -n user/big
-  else
-    timed "$work/nb.$s.out" "$work/nb.$s.err" "$nb_bin" -C "$conf" user/big
-  fi
-  T_N[$s]=$T M_N[$s]=$M
-  problems=""
-  [ "$RC" -eq 0 ] || problems="exit $RC; "
-  if [ $s = 1 ]; then
-    cmp -s "$work/uidlist.1" "$work/s1n/big/dovecot-uidlist" || problems="${problems}dovecot-uidlist changed; "
-  fi
-  problems="$problems$(verify "$work/s${s}n/big" "$work/surv.$s" "$([ $s = 3 ] && echo any || echo same)" "$([ $s = 1 ] && echo unchanged || echo written)" | tr '\n' ';')"
-  K_N[$s]=$(kept_label "$work/s${s}n/big")
-  if [ -n "$problems" ]; then
-    OK[$s]=BAD; bad=1
-    say "  nestbox state $s: BAD: $problems"
-    head -n 5 "$work/nb.$s.err" "$work/nb.$s.out" | sed 's/^/    /' >&2
-  else
-    OK[$s]=ok
-  fi
-  say "  nestbox: ${T_N[$s]} s, ${M_N[$s]} KiB, exit $RC, $(grep -c . "$work/nb.$s.out") report lines"
+  # Twice: default options (every file stat'ed, its size checked against ,S=: more than
+  # Dovecot checks), then -s (sizes taken from the names, the work force-resync does).
+  for v in n s; do
+    r=$s$v
+    conf=$(nb_conf "$work/s$r")
+    opts=()
+    [ $v = s ] && opts+=(-s)
+    [ $s = 1 ] && opts+=(-n)
+    timed "$work/nb.$r.out" "$work/nb.$r.err" "$nb_bin" -C "$conf" "${opts[@]}" user/big
+    T_N[$r]=$T M_N[$r]=$M
+    problems=""
+    [ "$RC" -eq 0 ] || problems="exit $RC; "
+    if [ $s = 1 ]; then
+      cmp -s "$work/uidlist.1" "$work/s$r/big/dovecot-uidlist" || problems="${problems}dovecot-uidlist changed; "
+    fi
+    problems="$problems$(verify "$work/s$r/big" "$work/surv.$s" "$([ $s = 3 ] && echo any || echo same)" "$([ $s = 1 ] && echo unchanged || echo written)" | tr '\n' ';')"
+    K_N[$r]=$(kept_label "$work/s$r/big")
+    if [ -n "$problems" ]; then
+      OK[$r]=BAD; bad=1
+      say "  nestbox ${opts[*]} state $s: BAD: $problems"
+      head -n 5 "$work/nb.$r.err" "$work/nb.$r.out" | sed 's/^/    /' >&2
+    else
+      OK[$r]=ok
+    fi
+    say "  nestbox ${opts[*]}: ${T_N[$r]} s, ${M_N[$r]} KiB, exit $RC, $(grep -c . "$work/nb.$r.out") report lines"
+  done
 
   timed "$work/dv.$s.out" "$work/dv.$s.err" env USER=big HOME="$work/s${s}d/big" doveadm -c "$dc" -o "mail_location=maildir:$work/s${s}d/big" force-resync INBOX
   T_D[$s]=$T M_D[$s]=$M
   [ "$RC" -eq 0 ] || { say "  doveadm force-resync exited $RC"; cat "$work/dv.$s.err" >&2; T_D[$s]=n/a; }
   K_D[$s]=$(kept_label "$work/s${s}d/big")
   say "  dovecot: ${T_D[$s]} s, ${M_D[$s]} KiB"
-  [ $keep = yes ] || rm -rf "$work/s${s}n" "$work/s${s}d"
+  [ $keep = yes ] || rm -rf "$work/s${s}n" "$work/s${s}s" "$work/s${s}d"
 done
 
 # ---------------------------------------------------------------- table
 ratio() { case "$1$2" in *n/a*) echo "-" ;; *) awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }' ;; esac; }
 label() {
   case $1 in
-    1) echo "1 intact (nestbox -n)" ;;
-    2) echo "2 10% of records deleted" ;;
-    3) echo "3 dovecot-uidlist deleted" ;;
+    1n) echo "1 intact (-n)" ;;
+    1s) echo "1 intact (-n -s)" ;;
+    2n) echo "2 10% of records deleted" ;;
+    2s) echo "2 ... (-s)" ;;
+    3n) echo "3 dovecot-uidlist deleted" ;;
+    3s) echo "3 ... (-s)" ;;
   esac
 }
 {
@@ -281,8 +291,11 @@ label() {
   echo "time: wall seconds; RSS: peak KiB; N/D time above 1: Nestbox slower; kept: UIDs equal to those before the damage"
   printf '%-27s %8s %8s %6s  %8s %8s %6s  %-6s %-44s %s\n' state "N time" "D time" "N/D" "N RSS" "D RSS" "N/D" check "N kept" "D kept"
   for s in 1 2 3; do
-    printf '%-27s %8s %8s %6s  %8s %8s %6s  %-6s %-44s %s\n' "$(label $s)" "${T_N[$s]}" "${T_D[$s]}" "$(ratio "${T_N[$s]}" "${T_D[$s]}")" \
-      "${M_N[$s]}" "${M_D[$s]}" "$(ratio "${M_N[$s]}" "${M_D[$s]}")" "${OK[$s]}" "${K_N[$s]}" "${K_D[$s]}"
+    for v in n s; do
+      r=$s$v
+      printf '%-27s %8s %8s %6s  %8s %8s %6s  %-6s %-44s %s\n' "$(label $r)" "${T_N[$r]}" "${T_D[$s]}" "$(ratio "${T_N[$r]}" "${T_D[$s]}")" \
+        "${M_N[$r]}" "${M_D[$s]}" "$(ratio "${M_N[$r]}" "${M_D[$s]}")" "${OK[$r]}" "${K_N[$r]}" "${K_D[$s]}"
+    done
   done
 }
 [ $bad -eq 0 ] || { say "reconstruct.sh: a Nestbox result was wrong (BAD above)"; exit 1; }

@@ -205,6 +205,32 @@ public struct Folder: Sendable {
         return (secs, usec)
     }
 
+    /// `dovecotOrderKey` of the name in `s` of `bytes`.
+    static func dovecotOrderKey(_ bytes: [UInt8], _ s: Span) -> (Int64, Int64) {
+        var i = Int(s.start)
+        let end = Int(s.end)
+        for j in i..<end where bytes[j] >= 0x80 { return dovecotOrderKey(bytes.string(s)) }
+        func number() -> Int64 {
+            var value: Int64 = 0, digits = 0, overflow = false
+            while i < end, bytes[i] >= 0x30 && bytes[i] <= 0x39 {
+                let (m, o1) = value.multipliedReportingOverflow(by: 10)
+                let (v, o2) = m.addingReportingOverflow(Int64(bytes[i] - 0x30))
+                overflow = overflow || o1 || o2
+                value = v; digits += 1
+                i += 1
+            }
+            return digits == 0 || overflow ? 0 : value
+        }
+        let secs = number()
+        while i < end, bytes[i] != 0x2E { i += 1 }  // to the first "."
+        var usec: Int64 = 0
+        if i + 1 < end, bytes[i + 1] == 0x4D {      // ".M"
+            i += 2
+            usec = number()
+        }
+        return (secs, usec)
+    }
+
     private static func dovecotOrderKeyOfCharacters(_ s: String) -> (Int64, Int64) {
         let secs = Int64(s.prefix { $0.isASCII && $0.isNumber }) ?? 0
         var usec: Int64 = 0

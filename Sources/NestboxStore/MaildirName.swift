@@ -60,20 +60,31 @@ public struct MaildirName: Equatable, Sendable {
             let end = bytes[start...].firstIndex(of: UInt8(ascii: ",")) ?? bytes.endIndex
             let part = bytes[start..<end]
             if part.count >= 3, part.first == k, part[part.index(after: part.startIndex)] == UInt8(ascii: "=") {
-                var value: Int64 = 0
-                var digitsOnly = true
-                for b in part.dropFirst(2) {
-                    guard b >= 48 && b <= 57 else { digitsOnly = false; break }
-                    let (m, o1) = value.multipliedReportingOverflow(by: 10)
-                    let (a, o2) = m.addingReportingOverflow(Int64(b - 48))
-                    if o1 || o2 { return nil }
-                    value = a
+                switch MaildirName.decimal(part.dropFirst(2)) {
+                case .value(let v): return v
+                case .overflow: return nil
+                case .notDigits: break
                 }
-                if digitsOnly { return value }
             }
             if end == bytes.endIndex { return nil }
             start = bytes.index(after: end)
         }
+    }
+
+    enum Decimal { case value(Int64), overflow, notDigits }
+
+    /// The value of a field's digits: a field with another character is no size field, one
+    /// too large for Int64 is an unusable one.
+    static func decimal<C: Collection>(_ digits: C) -> Decimal where C.Element == UInt8 {
+        var value: Int64 = 0
+        for b in digits {
+            guard b >= 48 && b <= 57 else { return .notDigits }
+            let (m, o1) = value.multipliedReportingOverflow(by: 10)
+            let (a, o2) = m.addingReportingOverflow(Int64(b - 48))
+            if o1 || o2 { return .overflow }
+            value = a
+        }
+        return .value(value)
     }
 
     public var size: Int64? { field("S") }

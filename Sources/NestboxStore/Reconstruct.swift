@@ -81,45 +81,83 @@ public struct FolderReport: Sendable {
     }
 }
 
-/// The readable parts of a dovecot-uidlist, however damaged.
-struct RecoveredUIDList: Sendable {
+/// One readable uidlist record, as spans of the list's bytes (ByteSpans.swift).
+struct RawRecord {
+    var uid: UInt32
+    /// Its line in the file (1 = the header).
+    var line: Int32
+    /// The file name as recorded, and its stem (up to any `:`).
+    var name: Span
+    var stem: Span
+    /// The extension tokens between the UID and the `:` (`S1234 W1260`), spaces included.
+    var extensions: Span
+}
+
+/// The readable parts of a dovecot-uidlist, however damaged. Records are read from the bytes
+/// (one String per record would be most of the time of a check of a large folder).
+struct RecoveredUIDList {
     var exists = false
     var uidValidity: UInt32?
     var nextUID: UInt32?
     var guid = ""
     var extra: [String] = []
-    /// Readable records in file order (duplicates and disorder included).
-    var records: [(line: Int, record: UIDList.Record)] = []
+    /// Readable records in file order (duplicates and disorder included); spans of `bytes`.
+    var records: [RawRecord] = []
+    var bytes: [UInt8] = []
     /// Problems found in the text itself: (line, description).
     var damage: [(line: Int, what: String)] = []
     /// The UID of a torn last line, when readable.
     var tornUID: UInt32?
+    /// A torn last line that still reads as a record: its name may be cut short, its base is
+    /// whole when a `,` follows it (`tornBaseIsWhole`).
+    var torn: RawRecord?
+    var tornBaseIsWhole = false
 
     /// Parses `bytes` line by line, keeping whatever can be read.
-    static func parse(_ bytes: [UInt8]?) -> RecoveredUIDList {
+    static func parse(_ input: [UInt8]?) -> RecoveredUIDList {
         var out = RecoveredUIDList()
-        guard let bytes else { return out }
+        guard let input else { return out }
         out.exists = true
+        out.bytes = input
+        let bytes = input
         if bytes.isEmpty {
             out.damage.append((1, "empty file"))
             return out
         }
-        var lines = bytes.split(separator: 10, omittingEmptySubsequences: false)
-        if bytes.last == 10 {
-            lines.removeLast()
-        } else {
-            let torn = lines.removeLast()
-            out.damage.append((lines.count + 1, "torn last line \"\(Names.printable(String(decoding: torn.prefix(60), as: UTF8.self)))\""))
+        // Line spans, without their newline; a last line with no newline is torn.
+        var lines: [Span] = []
+        lines.reserveCapacity(bytes.count / 48)
+        bytes.withUnsafeBufferPointer { buf in
+            var start = 0
+            while start < buf.count {
+                let rest = UnsafeRawPointer(buf.baseAddress! + start)
+                if let nl = memchr(rest, 10, buf.count - start) {
+                    let end = start + (UnsafeRawPointer(nl) - rest)
+                    lines.append(Span(start, end))
+                    start = end + 1
+                } else {
+                    lines.append(Span(start, buf.count))
+                    start = buf.count
+                }
+            }
+        }
+        if bytes.last != 10, let last = lines.popLast() {
+            let text = bytes.string(Span(Int(last.start), Int(last.start) + min(60, last.count)))
+            out.damage.append((lines.count + 1, "torn last line \"\(Names.printable(text))\""))
             // Its UID, when the number was written whole, counts as seen: it is never given again.
-            let digits = torn.prefix { $0 >= 48 && $0 <= 57 }
-            if digits.count < torn.count, torn[torn.startIndex + digits.count] == 32, let uid = UInt32(String(decoding: digits, as: UTF8.self)) {
+            var i = Int(last.start)
+            while i < Int(last.end), bytes[i] >= 48 && bytes[i] <= 57 { i += 1 }
+            if i < Int(last.end), bytes[i] == 32, i > Int(last.start),
+               let uid = UInt32(String(decoding: bytes[Int(last.start)..<i], as: UTF8.self)) {
                 out.tornUID = uid
+                out.torn = parseRecord(bytes, last, version: 3, line: lines.count + 1)
+                out.tornBaseIsWhole = out.torn.map { bytes.firstIndex(of: UInt8(ascii: ","), in: $0.stem) != nil } ?? false
             }
         }
         var version = 3
         var recordsFrom = 1
         if let first = lines.first {
-            let text = Substring(String(decoding: first, as: UTF8.self))
+            let text = Substring(bytes.string(first))
             do {
                 let h = try UIDList.parseHeader(text)
                 out.uidValidity = h.uidValidity
@@ -128,7 +166,7 @@ struct RecoveredUIDList: Sendable {
                 out.extra = h.extra
                 version = h.version
             } catch {
-                if (try? UIDList.parseRecord(text, version: 3, lineNumber: 1)) != nil {
+                if parseRecord(bytes, first, version: 3, line: 1) != nil {
                     out.damage.append((1, "no header"))
                     recordsFrom = 0
                 } else {
@@ -152,26 +190,59 @@ struct RecoveredUIDList: Sendable {
                 }
             }
         }
+        out.records.reserveCapacity(lines.count)
         for (i, line) in lines.enumerated() where i >= recordsFrom {
             if line.isEmpty { continue }
-            let text = Substring(String(decoding: line, as: UTF8.self))
-            var record = try? UIDList.parseRecord(text, version: version, lineNumber: i + 1)
-            if record == nil && version == 1 { record = try? UIDList.parseRecord(text, version: 3, lineNumber: i + 1) }
-            if record == nil && version != 1 && !text.utf8.contains(UInt8(ascii: ":")) {
-                record = try? UIDList.parseRecord(text, version: 1, lineNumber: i + 1)
+            var record = parseRecord(bytes, line, version: version, line: i + 1)
+            if record == nil && version == 1 { record = parseRecord(bytes, line, version: 3, line: i + 1) }
+            if record == nil && version != 1 && bytes.firstIndex(of: UInt8(ascii: ":"), in: line) == nil {
+                record = parseRecord(bytes, line, version: 1, line: i + 1)
             }
             guard let record else {
-                out.damage.append((i + 1, "garbage \"\(Names.printable(String(text.prefix(60))))\""))
+                let text = bytes.string(Span(Int(line.start), Int(line.start) + min(60, line.count)))
+                out.damage.append((i + 1, "garbage \"\(Names.printable(text))\""))
                 continue
             }
-            out.records.append((i + 1, record))
+            out.records.append(record)
         }
         return out
     }
 
+    /// One record line, as UIDList.parseRecord reads it (version 1: `<uid> <name>`; later:
+    /// `<uid> [<extension>...] :<name>`), from the bytes; nil when it cannot be read.
+    static func parseRecord(_ bytes: [UInt8], _ line: Span, version: Int, line number: Int) -> RawRecord? {
+        let end = Int(line.end)
+        var i = Int(line.start)
+        while i < end, bytes[i] == 32 { i += 1 }
+        var uid: UInt32 = 0
+        let digits = i
+        while i < end, bytes[i] >= 48 && bytes[i] <= 57 {
+            let (m, o1) = uid.multipliedReportingOverflow(by: 10)
+            let (v, o2) = m.addingReportingOverflow(UInt32(bytes[i] - 48))
+            if o1 || o2 { return nil }
+            uid = v
+            i += 1
+        }
+        guard i > digits, i < end, bytes[i] == 32 || (version != 1 && bytes[i] == UInt8(ascii: ":")),
+              uid != 0, uid != UInt32.max else { return nil }
+        let name: Span, extensions: Span
+        if version == 1 {
+            name = Span(i + 1, end)
+            extensions = Span(i, i)
+        } else {
+            guard let colon = bytes.firstIndex(of: UInt8(ascii: ":"), in: Span(i, end)) else { return nil }
+            name = Span(colon + 1, end)
+            extensions = Span(i, colon)
+        }
+        guard !name.isEmpty, bytes.firstIndex(of: UInt8(ascii: "/"), in: name) == nil else { return nil }
+        let colon = bytes.firstIndex(of: UInt8(ascii: ":"), in: name) ?? end
+        return RawRecord(uid: uid, line: Int32(number), name: name, stem: Span(Int(name.start), colon), extensions: extensions)
+    }
+
+
     /// The highest UID any readable record names.
     var highestUID: UInt32 {
-        let readable = records.map(\.record.uid).max() ?? 0
+        let readable = records.lazy.map(\.uid).max() ?? 0
         guard let tornUID, tornUID < UInt32.max - 1, tornUID <= readable + 1 else { return readable }
         return max(readable, tornUID)
     }
@@ -300,6 +371,17 @@ struct ReconstructRun {
             }
             report("maildirfolder missing", marker, done: "created", would: "would create")
         }
+        // Locks of processes that died holding them (`<pid>:<host>` naming a pid of this host
+        // that is gone): Dovecot's and ours, e.g. dovecot-uidlist.lock, dovecot-keywords.lock.
+        var locks: [String] = []
+        try Files.forEachEntry(path) { name, count, _, _ in
+            if count > 5, strcmp(name + count - 5, ".lock") == 0 { locks.append(String(cString: name)) }
+        }
+        for name in locks.sorted() {
+            let p = "\(path)/\(name)"
+            guard let held = try DotLock.removeIfHolderDead(p, dryRun: dry) else { continue }
+            report("stale lock (\(held)) of a process that is gone", p, done: "removed", would: "would remove")
+        }
         // Temporary files older than 36 hours (access and change times both: Dovecot's rule).
         let tmp = "\(path)/tmp"
         let limit = wallSeconds() - 36 * 3600
@@ -314,101 +396,151 @@ struct ReconstructRun {
 
     // MARK: Messages and the list
 
+    /// The list's bytes, then the names of the files, then names made here: every name of the
+    /// run is a span of it (ByteSpans.swift).
+    var arena: [UInt8] = []
+
     mutating func messages(_ session: UIDListSession) throws {
         let listPath = session.file.path
-        let raw = try Files.read(listPath, limit: 1 << 30)
-        let recovered = RecoveredUIDList.parse(raw)
+        // Read with room for the files' names (about as long as the records), which follow the
+        // list's bytes in the arena.
+        var recovered = RecoveredUIDList.parse(try Files.read(listPath, limit: 1 << 30) {
+            $0 + $0 / 8 + (1 << 16)
+        })
+        arena = recovered.bytes
+        recovered.bytes = []
         var listChanged = false
-        for d in recovered.damage {
+        for d in recovered.damage where recovered.torn == nil || d.line != Int(recovered.torn!.line) {
             report("uidlist line \(d.line): \(d.what)", listPath, done: "dropped", would: "would drop")
             listChanged = true
         }
 
-        // Records: one per stem (the lowest UID), one stem per UID (the first record).
-        var byStem: [String: UIDList.Record] = [:]
-        var stemOfUID: [UInt32: String] = [:]
+        // Records: one per stem (the lowest UID), one stem per UID (the first record). `holder`
+        // gives each stem's record (an index in `records`, -1 once dropped). One UID naming two
+        // stems needs UIDs out of order, so the UID map is kept only for a list in disorder.
+        var records = recovered.records
+        var stems = SpanTable(capacity: records.count + 16)
+        var holder: [Int32] = []
+        var stemSlot: [Int32] = []
+        holder.reserveCapacity(records.count)
+        stemSlot.reserveCapacity(records.count)
+        var ordered = true
+        var last: UInt32 = 0
+        for r in records {
+            if r.uid <= last { ordered = false; break }
+            last = r.uid
+        }
+        var stemOfUID: [UInt32: Int]? = ordered ? nil : [:]
         var previous: UInt32 = 0
-        for (line, record) in recovered.records {
-            session.keepAlive()
-            if record.uid <= previous {
-                report("uidlist line \(line): uid \(record.uid) not above \(previous)", listPath, done: "sorted", would: "would sort")
+        for (i, r) in records.enumerated() {
+            if i & 1023 == 0 { session.keepAlive() }
+            if r.uid <= previous {
+                report("uidlist line \(r.line): uid \(r.uid) not above \(previous)", listPath, done: "sorted", would: "would sort")
                 listChanged = true
             }
-            previous = max(previous, record.uid)
-            if let other = byStem[record.stem] {
-                let keep = min(other.uid, record.uid), drop = max(other.uid, record.uid)
-                report("uidlist line \(line): uids \(keep) and \(drop) both name \(record.stem)", listPath,
-                       done: "kept uid \(keep)", would: "would keep uid \(keep)")
-                listChanged = true
-                if record.uid < other.uid {
-                    stemOfUID[other.uid] = nil
-                    byStem[record.stem] = record
-                    stemOfUID[record.uid] = record.stem
-                }
+            previous = max(previous, r.uid)
+            let (slot, added) = stems.insert(r.stem, in: arena)
+            stemSlot.append(Int32(slot))
+            if added {
+                holder.append(Int32(i))
+                if stemOfUID != nil, stemOfUID![r.uid] == nil { stemOfUID![r.uid] = slot }
                 continue
             }
-            byStem[record.stem] = record
-            if stemOfUID[record.uid] == nil { stemOfUID[record.uid] = record.stem }
-        }
-        for (uid, stem) in stemOfUID where byStem[stem]?.uid != uid { stemOfUID[uid] = nil }
-        for (line, record) in recovered.records {
-            guard let first = stemOfUID[record.uid], first != record.stem, byStem[record.stem]?.uid == record.uid else { continue }
-            report("uidlist line \(line): uid \(record.uid) names both \(first) and \(record.stem)", listPath,
-                   done: "kept for \(first)", would: "would keep for \(first)")
-            byStem[record.stem] = nil
+            let other = records[Int(holder[slot])]
+            let keep = min(other.uid, r.uid), drop = max(other.uid, r.uid)
+            report("uidlist line \(r.line): uids \(keep) and \(drop) both name \(arena.string(r.stem))", listPath,
+                   done: "kept uid \(keep)", would: "would keep uid \(keep)")
             listChanged = true
+            if r.uid < other.uid {
+                stemOfUID?[other.uid] = nil
+                holder[slot] = Int32(i)
+                stemOfUID?[r.uid] = slot
+            }
+        }
+        if var byUID = stemOfUID {
+            for (uid, slot) in byUID where records[Int(holder[slot])].uid != uid { byUID[uid] = nil }
+            for (i, r) in records.enumerated() {
+                let slot = Int(stemSlot[i])
+                guard let first = byUID[r.uid], first != slot, holder[slot] == Int32(i) else { continue }
+                report("uidlist line \(r.line): uid \(r.uid) names both \(arena.string(stems.spans[first])) and \(arena.string(r.stem))", listPath,
+                       done: "kept for \(arena.string(stems.spans[first]))", would: "would keep for \(arena.string(stems.spans[first]))")
+                holder[slot] = -1
+                listChanged = true
+            }
+        }
+        /// The UID of the live record naming `stem`, if any.
+        func recordedUID(_ stem: Span, _ arena: [UInt8]) -> UInt32? {
+            guard let slot = stems.find(stem, in: arena), holder[slot] >= 0 else { return nil }
+            return records[Int(holder[slot])].uid
         }
 
         // The files.
         var files = try scanFiles(session)
 
         // Two files with one base: the one with the lowest UID (or the first) keeps it.
-        var byBase: [String: [Int]] = [:]
-        for (i, f) in files.enumerated() { byBase[f.name.base, default: []].append(i) }
+        var bases = SpanTable(capacity: files.count + 16)
+        var baseSlot: [Int32] = []
+        baseSlot.reserveCapacity(files.count)
+        var shared = false
+        for f in files {
+            let (slot, added) = bases.insert(f.base(arena), in: arena)
+            baseSlot.append(Int32(slot))
+            if !added { shared = true }
+        }
         var fresh: Set<Int> = []
-        for (base, indexes) in byBase.filter({ $0.value.count > 1 }).sorted(by: { $0.key < $1.key }) {
-            let keeper = indexes.min { a, b in
-                let ua = byStem[files[a].name.stem]?.uid ?? UInt32.max, ub = byStem[files[b].name.stem]?.uid ?? UInt32.max
-                return (ua, files[a].sub, files[a].name.fileName) < (ub, files[b].sub, files[b].name.fileName)
-            }!
-            for i in indexes where i != keeper {
-                files[i].newBase = MaildirName.newBase(host: Host.name)
-                fresh.insert(i)
-                report("base \(base) used by two files", files[i].path,
-                       done: "renamed to base \(files[i].newBase!)", would: "would rename to a fresh base")
+        if shared {
+            var groups: [Int: [Int]] = [:]
+            for (i, slot) in baseSlot.enumerated() { groups[Int(slot), default: []].append(i) }
+            let arena = self.arena
+            for (slot, indexes) in groups.filter({ $0.value.count > 1 }).sorted(by: { arena.compare(bases.spans[$0.key], bases.spans[$1.key]) < 0 }) {
+                let keeper = indexes.min { a, b in
+                    let ua = recordedUID(files[a].stem(arena), arena) ?? UInt32.max, ub = recordedUID(files[b].stem(arena), arena) ?? UInt32.max
+                    if ua != ub { return ua < ub }
+                    if files[a].sub != files[b].sub { return files[a].sub < files[b].sub }  // cur/ first
+                    return arena.compare(files[a].name, files[b].name) < 0
+                }!
+                for i in indexes where i != keeper {
+                    let newBase = MaildirName.newBase(host: Host.name)
+                    files[i].fixes.newBase = newBase
+                    fresh.insert(i)
+                    report("base \(arena.string(bases.spans[slot])) used by two files", filePath(files[i]),
+                           done: "renamed to base \(newBase)", would: "would rename to a fresh base")
+                }
             }
         }
 
-        // Sizes in the names.
+        // Sizes in the names: ,S= against the file's size, ,W= against its RFC822.SIZE.
         for i in files.indices {
-            session.keepAlive()
             let f = files[i]
-            if let actual = f.size, f.name.size != actual {
-                report("file name has \(f.name.size.map { ",S=\($0)" } ?? "no ,S="); the file has \(actual) bytes", f.path,
-                       done: "renamed with ,S=\(actual)", would: "would rename with ,S=\(actual)")
-                files[i].fixSize = actual
-            }
-            if let actual = f.virtualSize, f.name.virtualSize != actual {
-                report("file name has \(f.name.virtualSize.map { ",W=\($0)" } ?? "no ,W="); RFC822.SIZE is \(actual)", f.path,
-                       done: "renamed with ,W=\(actual)", would: "would rename with ,W=\(actual)")
-                files[i].fixVirtualSize = actual
+            let stem = f.stem(arena)
+            for (key, actual) in [("S", f.knownSize), ("W", f.knownVirtualSize)] {
+                guard let actual else { continue }
+                let named = arena.maildirField(UInt8(ascii: key == "S" ? "S" : "W"), in: stem)
+                guard named != actual else { continue }
+                let truth = key == "S" ? "the file has \(actual) bytes" : "RFC822.SIZE is \(actual)"
+                report("file name has \(named.map { ",\(key)=\($0)" } ?? "no ,\(key)="); \(truth)", filePath(f),
+                       done: "renamed with ,\(key)=\(actual)", would: "would rename with ,\(key)=\(actual)")
+                if key == "S" { files[i].fixes.size = actual } else { files[i].fixes.virtualSize = actual }
             }
         }
 
         // Renames: a fresh base gets a new UID, a size fix keeps the record's UID.
-        for i in files.indices where files[i].newStem != files[i].name.stem {
+        var renamedIn: Set<String> = []
+        var movedExtensions: [Int: [String]] = [:]
+        for i in files.indices where files[i].needsRename {
             session.keepAlive()
             let f = files[i]
-            let newStem = f.newStem
-            let target = "\(path)/\(f.sub)/\(MaildirName(stem: newStem, info: f.name.info).fileName)"
-            var from = f.path, to = target
+            let name = MaildirName(arena.string(f.name))
+            let newStem = f.newStem(name.stem)
+            let target = "\(path)/\(f.subdirectory)/\(MaildirName(stem: newStem, info: name.info).fileName)"
+            var from = filePath(f), to = target
             if !dry {
                 // Dovecot renames files to change flags without the uidlist lock: a file not
                 // found under its scanned name is looked for again by its stem.
-                if !Files.exists(from), let (sub, current) = try findByStem(f.name.stem) {
+                if !Files.exists(from), let (sub, current) = try findByStem(name.stem) {
                     from = "\(path)/\(sub)/\(current.fileName)"
                     to = "\(path)/\(sub)/\(MaildirName(stem: newStem, info: current.info).fileName)"
-                    files[i].sub = sub
+                    files[i].sub = sub == "cur" ? 0 : 1
                 }
                 if Files.exists(to) || !Files.exists(from) {
                     problems.append(ReconstructProblem(what: Files.exists(to) ? "cannot rename: \(to) exists" : "file vanished before its rename",
@@ -416,39 +548,91 @@ struct ReconstructRun {
                     continue
                 }
                 try Files.rename(from, to)
+                renamedIn.insert(files[i].subdirectory)
             }
-            if !fresh.contains(i), let record = byStem[f.name.stem] {
-                byStem[f.name.stem] = nil
-                var moved = UIDList.Record(uid: record.uid, name: newStem)
-                moved.extensions = record.extensions.filter { !$0.hasPrefix("S") && !$0.hasPrefix("W") }
-                byStem[newStem] = moved
+            let newName = arena.appendSpan(Files.baseName(to).utf8)
+            if !fresh.contains(i), let slot = stems.find(f.stem(arena), in: arena), holder[slot] >= 0 {
+                let record = records[Int(holder[slot])]
+                holder[slot] = -1
+                let stem = arena.appendSpan(newStem.utf8)
+                movedExtensions[records.count] = sizeFreeExtensions(record.extensions)
+                let (newSlot, added) = stems.insert(stem, in: arena)
+                if added { holder.append(Int32(records.count)) } else { holder[newSlot] = Int32(records.count) }
+                records.append(RawRecord(uid: record.uid, line: record.line, name: stem, stem: stem, extensions: Span(0, 0)))
                 listChanged = true
             }
-            files[i].name = MaildirName(Files.baseName(to))
-            files[i].renamed = true
-            files[i].newBase = nil
-            files[i].fixSize = nil
-            files[i].fixVirtualSize = nil
+            files[i].name = newName
+            files[i].fix = nil
         }
-        if !dry {
-            for sub in Set(files.filter { $0.renamed }.map(\.sub)) { try Files.fsyncDirectory("\(path)/\(sub)") }
-        }
+        for sub in renamedIn.sorted() { try Files.fsyncDirectory("\(path)/\(sub)") }
 
         try checkKeywords(files)
 
-        // Join: records whose file is gone are dropped, files with no record are numbered.
-        let present = Set(files.map(\.name.stem))
-        var kept: [UIDList.Record] = []
-        for record in byStem.values.sorted(by: { $0.uid < $1.uid }) {
-            if present.contains(record.stem) {
-                kept.append(record)
-            } else {
-                report("uid \(record.uid) has no file (\(record.stem))", listPath, done: "dropped", would: "would drop")
+        // Join: records whose file is gone are dropped, files with no record are numbered. A
+        // record whose file is gone keeps its UID for a file with no record and the same base
+        // (the same message, renamed with other sizes by a run that died before writing the
+        // list), and so does a torn last record whose base was written whole.
+        let arena = self.arena
+        var fileStems = SpanTable(capacity: files.count + 16)
+        for f in files { _ = fileStems.insert(f.stem(arena), in: arena) }
+        var unrecordedByBase = SpanTable(capacity: 16)
+        var unrecordedStem: [Span] = []
+        for f in files where recordedUID(f.stem(arena), arena) == nil {
+            let (slot, added) = unrecordedByBase.insert(f.base(arena), in: arena)
+            if added { unrecordedStem.append(f.stem(arena)) } else { unrecordedStem[slot] = Span(0, 0) }  // two: no guess
+        }
+        var adopted = Set<Int>()
+        func adopt(_ stem: Span) -> Span? {
+            let base = arena.firstIndex(of: UInt8(ascii: ","), in: stem).map { Span(Int(stem.start), $0) } ?? stem
+            guard let slot = unrecordedByBase.find(base, in: arena), !unrecordedStem[slot].isEmpty, !adopted.contains(slot) else { return nil }
+            adopted.insert(slot)
+            return unrecordedStem[slot]
+        }
+        var candidates = holder.filter { $0 >= 0 }.map(Int.init)
+        candidates.sort { records[$0].uid < records[$1].uid }
+        var kept: [(uid: UInt32, name: Span, extensions: Span, replaced: [String]?)] = []
+        kept.reserveCapacity(candidates.count)
+        var keptUIDs = Set<UInt32>()
+        for idx in candidates {
+            let r = records[idx]
+            if fileStems.find(r.stem, in: arena) != nil {
+                kept.append((r.uid, r.name, r.extensions, movedExtensions[idx]))
+            } else if let stem = adopt(r.stem) {
+                report("uid \(r.uid) names \(arena.string(r.stem)), now \(arena.string(stem))", listPath,
+                       done: "kept uid \(r.uid)", would: "would keep uid \(r.uid)")
+                kept.append((r.uid, stem, Span(0, 0), sizeFreeExtensions(r.extensions)))
                 listChanged = true
+            } else {
+                report("uid \(r.uid) has no file (\(arena.string(r.stem)))", listPath, done: "dropped", would: "would drop")
+                listChanged = true
+                continue
+            }
+            keptUIDs.insert(r.uid)
+        }
+        if let torn = recovered.torn, let d = recovered.damage.first(where: { $0.line == Int(torn.line) }) {
+            listChanged = true
+            let n = recovered.nextUID ?? 0
+            if recovered.tornBaseIsWhole, !keptUIDs.contains(torn.uid), torn.uid == recovered.highestUID || torn.uid < n,
+               let stem = adopt(torn.stem) {
+                report("uidlist line \(d.line): \(d.what)", listPath, done: "kept uid \(torn.uid) for \(arena.string(stem))",
+                       would: "would keep uid \(torn.uid) for \(arena.string(stem))")
+                kept.append((torn.uid, stem, Span(0, 0), nil))
+                keptUIDs.insert(torn.uid)
+                kept.sort { $0.uid < $1.uid }
+            } else {
+                report("uidlist line \(d.line): \(d.what)", listPath, done: "dropped", would: "would drop")
             }
         }
-        let recorded = Set(kept.map(\.stem))
-        let newStems = Folder.sortedInDovecotOrder(present.subtracting(recorded))
+        var keptStems = SpanTable(capacity: kept.count + 16)
+        for k in kept {
+            let colon = arena.firstIndex(of: UInt8(ascii: ":"), in: k.name) ?? Int(k.name.end)
+            _ = keptStems.insert(Span(Int(k.name.start), colon), in: arena)
+        }
+        var newStems: [(key: (Int64, Int64), stem: Span)] = []
+        for stem in fileStems.spans where keptStems.find(stem, in: arena) == nil {
+            newStems.append((Folder.dovecotOrderKey(arena, stem), stem))
+        }
+        newStems.sort { a, b in a.key != b.key ? a.key < b.key : arena.compare(a.stem, b.stem) < 0 }
 
         // Header: UIDVALIDITY and N.
         var uidValidity = recovered.uidValidity
@@ -478,45 +662,93 @@ struct ReconstructRun {
             messageCount = files.count
             return
         }
-        var list = UIDList(header: UIDList.Header(uidValidity: uidValidity ?? 1, nextUID: next,
-                                                   guid: recovered.guid,
-                                                   extra: recovered.extra),
-                           records: kept)
-        for stem in newStems {
+        var numbered: [(uid: UInt32, stem: Span)] = []
+        numbered.reserveCapacity(newStems.count)
+        for (_, stem) in newStems {
             guard next < UInt32.max - 1 else { throw NestboxFailure(.temporary, "\(listPath): UIDs exhausted") }
-            list.records.append(UIDList.Record(uid: next, name: stem))
-            report("\(stem) has no uid", listPath, done: "added as uid \(next)", would: "would add as uid \(next)")
+            numbered.append((next, stem))
+            report("\(arena.string(stem)) has no uid", listPath, done: "added as uid \(next)", would: "would add as uid \(next)")
             next += 1
         }
-        list.header.nextUID = next
+        var header = UIDList.Header(uidValidity: uidValidity ?? 1, nextUID: next, guid: recovered.guid, extra: recovered.extra)
         if uidValidity == nil {
             newUIDValidity = true
             if dry {
                 problems.append(ReconstructProblem(what: "no UIDVALIDITY can be recovered: clients will download the folder again",
                                                    path: listPath, action: "would take a new UIDVALIDITY", repaired: false))
             } else {
-                list.header.uidValidity = try UIDValidity.next(mailRoot: folder.mailRoot, options: options.lockPolicy)
+                header.uidValidity = try UIDValidity.next(mailRoot: folder.mailRoot, options: options.lockPolicy)
                 // A new mailbox as far as clients can tell: a GUID of its own unless one was read.
-                if list.header.guid.isEmpty { list.header.guid = hexString(randomBytes(16)) }
+                if header.guid.isEmpty { header.guid = hexString(randomBytes(16)) }
                 problems.append(ReconstructProblem(what: "no UIDVALIDITY can be recovered: clients will download the folder again",
-                                                   path: listPath, action: "took new UIDVALIDITY \(list.header.uidValidity)", repaired: true))
+                                                   path: listPath, action: "took new UIDVALIDITY \(header.uidValidity)", repaired: true))
             }
         }
-        messageCount = list.records.count
-        if !dry {
-            try UIDListSession.validate(list, path: listPath)
-            try session.file.replaceLocked(list.serialized())
+        messageCount = kept.count + numbered.count
+        guard !dry else { return }
+
+        // The new list, written from the spans (the format of UIDList.serialized).
+        var out = Array(header.line.utf8)
+        out.append(10)
+        out.reserveCapacity(arena.count + numbered.count * 64)
+        var lastUID: UInt32 = 0
+        func record(_ uid: UInt32, _ extensions: Span, _ replaced: [String]?, _ name: Span) throws {
+            // What UIDListSession.validate checks of a rewrite.
+            guard uid > lastUID, uid != UInt32.max, !name.isEmpty else {
+                throw NestboxFailure(.temporary, "\(listPath): rewrite refused: uid \(uid) after \(lastUID)")
+            }
+            lastUID = uid
+            out.appendDecimal(uid)
+            if let replaced {
+                for e in replaced {
+                    out.append(32)
+                    out.append(contentsOf: e.utf8)
+                }
+            } else {
+                // The tokens as read, one space apart.
+                var space = true
+                for i in Int(extensions.start)..<Int(extensions.end) {
+                    let b = arena[i]
+                    if b == 32 { space = true; continue }
+                    if space { out.append(32); space = false }
+                    out.append(b)
+                }
+            }
+            out.append(32)
+            out.append(UInt8(ascii: ":"))
+            out.append(contentsOf: arena[Int(name.start)..<Int(name.end)])
+            out.append(10)
         }
+        try header.validate()
+        for k in kept { try record(k.uid, k.extensions, k.replaced, k.name) }
+        for (uid, stem) in numbered { try record(uid, Span(0, 0), [], stem) }
+        try session.file.replaceLocked(out)
+    }
+
+    /// The extension tokens of a record (`S1234 W1260 ...`) without the sizes, for a record whose
+    /// file was renamed with other sizes.
+    func sizeFreeExtensions(_ s: Span) -> [String] {
+        arena.string(s).split(separator: " ").filter { !$0.hasPrefix("S") && !$0.hasPrefix("W") }.map(String.init)
     }
 
     /// Keyword letters used in file names with no name in dovecot-keywords: reported only (a
     /// name cannot be guessed; Dovecot shows such letters as no keyword at all).
     mutating func checkKeywords(_ files: [FileEntry]) throws {
-        var users: [Character: Int] = [:]
+        var users = [Int](repeating: 0, count: 26)
+        var any = false
         for f in files {
-            for c in f.name.flagLetters where c.isASCII && c.isLowercase { users[c, default: 0] += 1 }
+            // The flag letters: after `:2,` (or `:`), up to any second `,`.
+            guard let colon = arena.firstIndex(of: UInt8(ascii: ":"), in: f.name) else { continue }
+            var i = colon + 1
+            let end = Int(f.name.end)
+            if i + 1 < end, arena[i] == UInt8(ascii: "2"), arena[i + 1] == UInt8(ascii: ",") { i += 2 }
+            while i < end, arena[i] != UInt8(ascii: ",") {
+                let b = arena[i]
+                if b >= 97 && b <= 122 { users[Int(b - 97)] += 1; any = true }
+                i += 1
+            }
         }
-        guard !users.isEmpty else { return }
+        guard any else { return }
         let keywordsPath = "\(path)/\(Keywords.fileName)"
         let table: Keywords
         do {
@@ -525,30 +757,70 @@ struct ReconstructRun {
             report("dovecot-keywords unreadable: \(error)", keywordsPath, done: "left", would: "would leave", repaired: false)
             return
         }
-        for (letter, count) in users.sorted(by: { $0.key < $1.key }) where table.name(of: letter) == nil {
+        for (n, count) in users.enumerated() where count > 0 {
+            let letter = Character(Unicode.Scalar(UInt8(97 + n)))
+            guard table.name(of: letter) == nil else { continue }
             report("keyword letter \(letter) used by \(count) file\(count == 1 ? "" : "s") has no name in dovecot-keywords",
                    keywordsPath, done: "left (no name to give it)", would: "would leave (no name to give it)", repaired: false)
         }
     }
 
-    /// One message file of new/ or cur/.
+    /// One message file of new/ or cur/; its name is a span of the run's arena.
     struct FileEntry {
-        var sub: String
-        var name: MaildirName
-        var path: String
-        /// The true size and RFC822.SIZE, when known (stat, read).
-        var size: Int64?
-        var virtualSize: Int64?
-        var newBase: String?
-        var fixSize: Int64?
-        var fixVirtualSize: Int64?
-        var renamed = false
+        var name: Span
+        /// The true size and RFC822.SIZE when known (stat, read), else -1.
+        var size: Int64 = -1
+        var virtualSize: Int64 = -1
+        /// 0: cur/, 1: new/ (the order of the names).
+        var sub: UInt8
+        /// What its name needs, if anything (a class: most files need nothing, and 100k entries
+        /// must stay small).
+        var fix: Fix?
 
-        /// The stem with the fresh base and the true sizes.
-        var newStem: String {
-            guard newBase != nil || fixSize != nil || fixVirtualSize != nil else { return name.stem }
-            var parts = name.stem.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-            if let newBase { parts[0] = newBase }
+        final class Fix {
+            var newBase: String?
+            var size: Int64?
+            var virtualSize: Int64?
+        }
+
+        init(sub: String, name: Span) {
+            self.sub = sub == "cur" ? 0 : 1
+            self.name = name
+        }
+
+        var subdirectory: String { sub == 0 ? "cur" : "new" }
+        var knownSize: Int64? { size >= 0 ? size : nil }
+        var knownVirtualSize: Int64? { virtualSize >= 0 ? virtualSize : nil }
+
+        /// The fixes, made when first needed.
+        var fixes: Fix {
+            mutating get {
+                if let fix { return fix }
+                let made = Fix()
+                fix = made
+                return made
+            }
+        }
+
+        /// The part before `:`.
+        func stem(_ arena: [UInt8]) -> Span {
+            Span(Int(name.start), arena.firstIndex(of: UInt8(ascii: ":"), in: name) ?? Int(name.end))
+        }
+
+        /// The stem up to its first `,`.
+        func base(_ arena: [UInt8]) -> Span {
+            let stem = stem(arena)
+            return Span(Int(stem.start), arena.firstIndex(of: UInt8(ascii: ","), in: stem) ?? Int(stem.end))
+        }
+
+        var needsRename: Bool { fix != nil }
+
+        /// `stem` with the fresh base and the true sizes.
+        func newStem(_ stem: String) -> String {
+            guard let fix else { return stem }
+            let fixSize = fix.size, fixVirtualSize = fix.virtualSize
+            var parts = stem.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            if let newBase = fix.newBase { parts[0] = newBase }
             var sawS = false, sawW = false
             for j in parts.indices.dropFirst() {
                 if parts[j].hasPrefix("S="), let s = fixSize { parts[j] = "S=\(s)"; sawS = true }
@@ -563,24 +835,50 @@ struct ReconstructRun {
         }
     }
 
-    /// The message files of new/ and cur/: empty and unreadable ones moved to lost+found/, odd
-    /// entries reported (removed with `removeOddFiles`).
+    func filePath(_ f: FileEntry) -> String { "\(path)/\(f.subdirectory)/\(arena.string(f.name))" }
+
+    /// The message files of new/ and cur/, each directory in name order: empty and unreadable
+    /// ones moved to lost+found/, odd entries reported (removed with `removeOddFiles`). Names go
+    /// to the arena; each file is stat'ed relative to its directory (not by a path).
     mutating func scanFiles(_ session: UIDListSession) throws -> [FileEntry] {
         var out: [FileEntry] = []
+        let trustNames = options.skipStat && !options.rereadMessages
         for sub in ["new", "cur"] {
             let dir = "\(path)/\(sub)"
-            for fileName in (try Files.list(dir) ?? []).sorted() {
-                session.keepAlive()
-                let p = "\(dir)/\(fileName)"
-                let name = MaildirName(fileName)
-                if options.skipStat && MaildirName.isMessageName(fileName) && !options.rereadMessages {
-                    out.append(FileEntry(sub: sub, name: name, path: p))
+            var entries: [(name: Span, message: Bool, mode: mode_t, size: Int64)] = []
+            var arena = self.arena
+            self.arena = []
+            defer { self.arena = arena }
+            try Files.forEachEntry(dir) { name, count, _, fd in
+                if entries.count & 1023 == 0 { session.keepAlive() }
+                let span = name.withMemoryRebound(to: UInt8.self, capacity: count) {
+                    arena.appendSpan(UnsafeBufferPointer(start: $0, count: count))
+                }
+                let message = name[0] != 46  // not a dot name (never empty)
+                if trustNames && message {
+                    entries.append((span, true, S_IFREG, -1))
+                    return
+                }
+                var st = stat()
+                if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 {
+                    if errno == ENOENT { return }  // gone meanwhile
+                    throw NestboxFailure.system("stat", "\(dir)/\(String(cString: name))")
+                }
+                entries.append((span, message, st.st_mode, Int64(st.st_size)))
+            }
+            self.arena = arena
+            let sorted = arena
+            entries.sort { sorted.compare($0.name, $1.name) < 0 }
+            for e in entries {
+                var entry = FileEntry(sub: sub, name: e.name)
+                if trustNames && e.message && e.size < 0 {
+                    out.append(entry)
                     continue
                 }
-                guard let st = try Files.status(p) else { continue }  // gone meanwhile
-                let regular = (st.st_mode & S_IFMT) == S_IFREG
-                guard regular, MaildirName.isMessageName(fileName) else {
-                    if (st.st_mode & S_IFMT) == S_IFDIR && !regular {
+                let p = filePath(entry)
+                let regular = (e.mode & S_IFMT) == S_IFREG
+                guard regular, e.message else {
+                    if (e.mode & S_IFMT) == S_IFDIR {
                         report("directory in \(sub)/", p, done: "left", would: "would leave", repaired: false)
                     } else if options.removeOddFiles {
                         if !dry { Files.removeQuietly(p) }
@@ -590,12 +888,12 @@ struct ReconstructRun {
                     }
                     continue
                 }
-                if st.st_size == 0 {
+                if e.size == 0 {
                     try moveToLostAndFound(p, because: "empty message file")
                     continue
                 }
-                var entry = FileEntry(sub: sub, name: name, path: p, size: Int64(st.st_size))
-                if options.rereadMessages || name.virtualSize == nil {
+                entry.size = e.size
+                if options.rereadMessages || arena.maildirField(UInt8(ascii: "W"), in: entry.stem(arena)) == nil {
                     do {
                         guard let v = try FolderScan.virtualSize(p) else { continue }  // gone meanwhile
                         entry.virtualSize = v

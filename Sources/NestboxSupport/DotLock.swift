@@ -145,15 +145,7 @@ public final class DotLock {
         Glibc.close(fd)
         let text = n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : ""
 
-        var stale = false
-        if let colon = text.firstIndex(of: ":"), let pid = pid_t(text[..<colon]), pid > 0 {
-            let host = String(text[text.index(after: colon)...])
-            if host == Host.name && kill(pid, 0) != 0 && errno == ESRCH { stale = true }
-        } else if text.isEmpty && wallSeconds() - Double(st.st_mtim.tv_sec) > 2 {
-            // Its creator writes the content right after creating it: still empty after 2 s
-            // means the creator died in between.
-            stale = true
-        }
+        var stale = holderIsDead(text, modified: st.st_mtim)
         if !stale {
             var newest = Double(st.st_mtim.tv_sec)
             for file in watched {
@@ -175,6 +167,34 @@ public final class DotLock {
         }
         Log.warning("removed stale lock \(path) (\(what))")
         return true
+    }
+
+    /// Whether a lock holding `text` was left by a process that is gone: it names a process of
+    /// this host that no longer exists, or it is still empty 2 s after it was made (its creator
+    /// writes the content right after creating it, so it died in between).
+    static func holderIsDead(_ text: String, modified: timespec) -> Bool {
+        if let colon = text.firstIndex(of: ":"), let pid = pid_t(text[..<colon]), pid > 0 {
+            let host = String(text[text.index(after: colon)...])
+            return host == Host.name && kill(pid, 0) != 0 && errno == ESRCH
+        }
+        return text.isEmpty && wallSeconds() - Double(modified.tv_sec) > 2
+    }
+
+    /// For repair tools, which report what they remove: the dotlock at `path` when its holder is
+    /// dead (`holderIsDead`), removed unless `dryRun`. Returns what it held ("1234:mx", or
+    /// "empty"); nil when there is no such lock (none, a live holder, not a regular file).
+    public static func removeIfHolderDead(_ path: String, dryRun: Bool) throws -> String? {
+        var st = stat()
+        guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+        guard let bytes = try Files.read(path, limit: 4096) else { return nil }
+        let text = String(decoding: bytes.prefix(300), as: UTF8.self)
+        guard holderIsDead(text, modified: st.st_mtim) else { return nil }
+        if !dryRun {
+            var again = stat()
+            guard lstat(path, &again) == 0, again.st_ino == st.st_ino else { return nil }
+            if unlink(path) != 0 && errno != ENOENT { throw NestboxFailure.system("remove stale lock", path) }
+        }
+        return text.isEmpty ? "empty" : text
     }
 
     /// Throws unless `mode` is a regular file's: anything else at a lock path is a leftover for

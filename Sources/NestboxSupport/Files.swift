@@ -128,7 +128,9 @@ public enum Files {
     }
 
     /// Reads a whole (small) file; nil when it does not exist. Refuses files over `limit` bytes.
-    public static func read(_ path: String, limit: Int = 16 << 20) throws -> [UInt8]? {
+    /// `reserve`: the capacity to leave in the array beyond the file's size (given that size),
+    /// for a caller that appends to it: one allocation instead of a copy on the first append.
+    public static func read(_ path: String, limit: Int = 16 << 20, reserve: (Int) -> Int = { _ in 0 }) throws -> [UInt8]? {
         guard let fd = try openForReading(path) else { return nil }
         defer { Glibc.close(fd) }
         var out: [UInt8] = []
@@ -136,6 +138,7 @@ public enum Files {
         // duplicate records), where a fixed 64 KiB buffer would be allocated and zeroed each time.
         var st = stat()
         let size = fstat(fd, &st) == 0 ? Int(st.st_size) : 65536
+        out.reserveCapacity(min(size, limit) + 1 + reserve(size))
         var chunk = [UInt8](repeating: 0, count: min(65536, max(256, size + 1)))
         while true {
             let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
@@ -283,6 +286,37 @@ public enum Files {
         let prefix = base.hasSuffix("/") ? base : base + "/"
         guard path.hasPrefix(prefix) else { throw NestboxFailure(.temporary, "\(path) is not below the mail root \(base)") }
         return String(path.dropFirst(prefix.count))
+    }
+
+    /// Calls `body` for each entry of a directory except "." and "..", with its NUL-terminated
+    /// name and the name's length (valid only during the call), its d_type (DT_UNKNOWN when the
+    /// file system does not say) and the directory's descriptor (for fstatat). For scans of many
+    /// thousand names, which `list` would turn into as many Strings. Returns false when the
+    /// directory does not exist; a read error part way through throws (never a short listing).
+    @discardableResult
+    public static func forEachEntry(_ path: String,
+                                    _ body: (UnsafePointer<CChar>, Int, UInt8, Int32) throws -> Void) throws -> Bool {
+        guard let dir = opendir(path) else {
+            if errno == ENOENT { return false }
+            throw NestboxFailure.system("opendir", path)
+        }
+        defer { closedir(dir) }
+        let fd = dirfd(dir)
+        let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+        let typeOffset = MemoryLayout<dirent>.offset(of: \dirent.d_type)!
+        while true {
+            errno = 0
+            guard let entry = readdir(dir) else {
+                if errno != 0 { throw NestboxFailure.system("readdir", path) }
+                return true
+            }
+            // The name where it lies (see `list`).
+            let raw = UnsafeRawPointer(entry)
+            let name = raw.advanced(by: nameOffset).assumingMemoryBound(to: CChar.self)
+            let count = strlen(name)
+            if name[0] == 46 && (count == 1 || (count == 2 && name[1] == 46)) { continue }
+            try body(name, count, raw.load(fromByteOffset: typeOffset, as: UInt8.self), fd)
+        }
     }
 
     /// The names in a directory except "." and "..", unsorted. nil when it does not exist.

@@ -42,7 +42,9 @@ public final class MailboxLoop {
     public func say(_ text: String) {
         if progress { fputs("\r\u{1B}[K", stderr) }
         print(text)
-        fflush(stdout)
+        // Line by line only beside a progress display: one write per line costs as much as the
+        // rest of a repair that reports every message of a large folder.
+        if progress { fflush(stdout) }
     }
 
     /// A line on standard error.

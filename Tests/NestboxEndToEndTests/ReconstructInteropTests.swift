@@ -106,9 +106,15 @@ final class ReconstructInteropTests: XCTestCase {
     }
 
     static let cases: [Case] = [
-        Case(name: "torn last line", damage: { t in
+        Case(name: "torn last line, base whole", damage: { t in
             let text = Harness.read(t.listPath)
             try t.fixture.writeFile(t.listPath, String(text.dropLast(10)))
+            return ["torn last line", "kept uid 10 for "]
+        }),
+        Case(name: "torn last line inside its base", damage: { t in
+            let text = Harness.read(t.listPath)
+            let last = text.dropLast().split(separator: "\n").last!
+            try t.fixture.writeFile(t.listPath, String(text.dropLast(last.count + 1)) + String(last.prefix(9)))
             return ["torn last line", "has no uid", "added as uid 11"]
         }, changed: ["<x10@example.org>": ["11 "]]),
         Case(name: "garbage line in the middle", damage: { t in

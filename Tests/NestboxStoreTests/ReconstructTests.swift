@@ -87,23 +87,77 @@ final class ReconstructTests: TempDirTestCase {
         XCTAssertThrowsError(try folder.reconstruct(options))
     }
 
-    func testTornLastLineKeepsEveryOtherUID() throws {
+    func testTornLastLineKeepsEveryUIDWhenItsBaseIsWhole() throws {
         let (folder, map) = try numberedInbox(4)
         let uidValidity = try XCTUnwrap(folder.uidList.read()).header.uidValidity
-        // Cut the last record in half: its file loses its record and is numbered again.
+        // Cut the last record after its base (",S=..,W=.." partly lost): the record still names
+        // one file by its base, which keeps uid 4.
         var bytes = TestFS.read(folder.uidList.path)!
         bytes.removeLast(8)
         TestFS.write(folder.uidList.path, bytes)
         let report = try repair(folder)
+        XCTAssertEqual(report.problems.count, 1, "\(report.problems)")
         XCTAssertEqual(report.problems.first?.what.hasPrefix("uidlist line 5: torn last line"), true, "\(whats(report))")
+        XCTAssertEqual(report.problems.first?.action, "kept uid 4 for \(map[4]!)")
+        XCTAssertEqual(try mapping(folder), map)
+        XCTAssertEqual(try XCTUnwrap(folder.uidList.read()).header.uidValidity, uidValidity)
+        XCTAssertFalse(report.newUIDValidity)
+    }
+
+    func testTornLastLineCutInsideItsBaseNumbersTheFileAgain() throws {
+        let (folder, map) = try numberedInbox(4)
+        // "4 :17000000" + 13: the base itself is cut, so it names no file for sure.
+        let text = listText(folder)
+        let lastLine = text.split(separator: "\n").last!
+        TestFS.write(folder.uidList.path, String(text.dropLast(lastLine.count + 1)) + String(lastLine.prefix(13)))
+        let report = try repair(folder)
+        XCTAssertEqual(whats(report).first?.hasPrefix("uidlist line 5: torn last line"), true, "\(whats(report))")
+        XCTAssertEqual(report.problems.first?.action, "dropped")
         XCTAssertTrue(whats(report).contains("\(map[4]!) has no uid"), "\(whats(report))")
         XCTAssertEqual(report.problems.last?.action, "added as uid 5")
         var expected = map
         expected[4] = nil
         expected[5] = map[4]
         XCTAssertEqual(try mapping(folder), expected)
-        XCTAssertEqual(try XCTUnwrap(folder.uidList.read()).header.uidValidity, uidValidity)
-        XCTAssertFalse(report.newUIDValidity)
+    }
+
+    func testRecordOfAFileRenamedWithOtherSizesKeepsItsUID() throws {
+        // A run that renamed a file to its true sizes and died before writing the list: the
+        // record names the old stem, the file has the new one, with the same base.
+        let (folder, map) = try numberedInbox(3)
+        let base = MaildirName(map[2]!).base
+        let old = "\(base),S=99,W=40"
+        TestFS.write(folder.uidList.path, listText(folder).replacingOccurrences(of: map[2]!, with: old))
+        let report = try repair(folder)
+        XCTAssertEqual(whats(report), ["uid 2 names \(old), now \(map[2]!)"])
+        XCTAssertEqual(report.problems.first?.action, "kept uid 2")
+        XCTAssertEqual(try mapping(folder), map)
+    }
+
+    func testStaleLocksOfGoneProcessesAreRemoved() throws {
+        let (folder, _) = try numberedInbox(1)
+        // A pid that is gone: a child that has exited and been reaped.
+        let pid = fork()
+        if pid == 0 { _exit(0) }
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        TestFS.write("\(folder.path)/dovecot-uidlist.lock", "\(pid):\(Host.name)")
+        TestFS.write("\(folder.path)/dovecot-keywords.lock", "\(pid):\(Host.name)")
+        // A live holder's lock (ours) on another file is left alone.
+        TestFS.write("\(folder.path)/other.lock", "\(getpid()):\(Host.name)")
+        let report = try folder.reconstruct(options)
+        XCTAssertEqual(whats(report), ["stale lock (\(pid):\(Host.name)) of a process that is gone",
+                                       "stale lock (\(pid):\(Host.name)) of a process that is gone"])
+        XCTAssertEqual(report.problems.map(\.path), ["\(folder.path)/dovecot-keywords.lock", "\(folder.path)/dovecot-uidlist.lock"])
+        XCTAssertFalse(TestFS.exists("\(folder.path)/dovecot-uidlist.lock"))
+        XCTAssertFalse(TestFS.exists("\(folder.path)/dovecot-keywords.lock"))
+        XCTAssertTrue(TestFS.exists("\(folder.path)/other.lock"))
+        XCTAssertEqual(try folder.reconstruct(options).problems, [])
+        // A dry run reports and leaves it.
+        TestFS.write("\(folder.path)/dovecot-keywords.lock", "\(pid):\(Host.name)")
+        let dry = try folder.reconstruct(dryOptions)
+        XCTAssertEqual(dry.problems.map(\.action), ["would remove"])
+        XCTAssertTrue(TestFS.exists("\(folder.path)/dovecot-keywords.lock"))
     }
 
     func testGarbageLinesAreDropped() throws {
