@@ -92,11 +92,100 @@ struct Dovecot {
         return out.map { $0.filter { !$0.key.hasSuffix("#started") } }
     }
 
+    /// Python for test scripts that drive Dovecot's `imap` binary preauthenticated on a pipe:
+    /// with `imap`, `conf`, `home` and `imaplog` set, it starts the session as alice (its log
+    /// appended to `imaplog`) and defines `cmd(text)`, which sends one tagged command and
+    /// returns its untagged lines, raising on EOF or a reply other than OK.
+    static let imapPrelude = #"""
+    env = {"USER": "alice", "HOME": home, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    p = subprocess.Popen([imap, "-c", conf], env=env, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=open(imaplog, "ab"))
+    n = 0
+    def cmd(text):
+        global n
+        n += 1
+        tag = b"t%d" % n
+        p.stdin.write(tag + b" " + text.encode() + b"\r\n"); p.stdin.flush()
+        out = []
+        while True:
+            line = p.stdout.readline()
+            if not line:
+                raise EOFError("imap closed during " + text)
+            s = line.decode(errors="replace").rstrip("\r\n")
+            if line.startswith(tag + b" "):
+                if not line.startswith(tag + b" OK"):
+                    raise RuntimeError("%s -> %s" % (text, s))
+                return out
+            out.append(s)
+    """#
+
     func status(_ field: String, mailbox: String) throws -> String {
         let r = try doveadm(["-f", "flow", "mailbox", "status", field, mailbox])
         let text = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         guard let eq = text.firstIndex(of: "=") else { return text }
         return String(text[text.index(after: eq)...])
+    }
+}
+
+/// A Python script driving Dovecot's `imap` binary (see `Dovecot.imapPrelude`), run in the
+/// background with the binary's path as its first argument: `waitFor` reads its output up to a
+/// line, `send` writes a line to its input, `finish` closes the input and returns the JSON
+/// object of its last output line starting with "{".
+final class IMAPScript {
+    static let imapBinary = "/usr/lib/dovecot/imap"
+    let process = Process()
+    private let toScript = Pipe(), fromScript = Pipe()
+    private(set) var output = Data()
+    private var finished = false
+    var text: String { String(decoding: output, as: UTF8.self) }
+
+    /// Fails the test when Dovecot's imap binary or python3 is missing.
+    init(_ source: String, name: String, in dir: String, _ arguments: [String]) throws {
+        guard FileManager.default.isExecutableFile(atPath: Self.imapBinary) else {
+            XCTFail("Dovecot's imap binary is missing (Debian package dovecot-imapd)")
+            throw LMTPTestError("no imap binary")
+        }
+        let python = try Python.require()
+        let path = "\(dir)/\(name)"
+        try source.write(toFile: path, atomically: true, encoding: .utf8)
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = [path, Self.imapBinary] + arguments
+        process.standardInput = toScript
+        process.standardOutput = fromScript
+        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try process.run()
+    }
+
+    deinit {
+        if !finished {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+
+    /// Reads until the script has printed the line `word` (30 s at most); whether it has.
+    @discardableResult
+    func waitFor(_ word: String) -> Bool {
+        let deadline = Date().addingTimeInterval(30)
+        while !text.contains(word + "\n") {
+            let chunk = fromScript.fileHandleForReading.availableData
+            if chunk.isEmpty || Date() > deadline { break }
+            output.append(chunk)
+        }
+        return text.contains(word + "\n")
+    }
+
+    func send(_ line: String) {
+        toScript.fileHandleForWriting.write(Data((line + "\n").utf8))
+    }
+
+    func finish() throws -> [String: Any] {
+        try toScript.fileHandleForWriting.close()
+        output.append(fromScript.fileHandleForReading.readDataToEndOfFile())
+        process.waitUntilExit()
+        finished = true
+        let jsonLine = try XCTUnwrap(text.split(separator: "\n").last { $0.hasPrefix("{") }, text)
+        return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(jsonLine.utf8)) as? [String: Any])
     }
 }
 

@@ -6,10 +6,9 @@ import NestboxStore
 import NestboxSupport
 import XCTest
 
-/// nestbox-purge as an administrator meets it: usage errors and unknown mailboxes, a dry run
-/// that leaves the tree byte for byte, the JSON report, a lock that cannot be had, an mbox
-/// spool, and the nightly line of cron/nestbox run exactly as written.
-final class PurgeCommandTests: XCTestCase {
+/// The purge tests' setting: the built nestbox-purge, and a mail root with alice's INBOX (a
+/// 100 MiB, 100000-message maildirsize limit) and her Trash.
+class PurgeTestCase: XCTestCase {
     var fixture: DeliverFixture!
     var home = ""
 
@@ -20,7 +19,7 @@ final class PurgeCommandTests: XCTestCase {
             throw LMTPTestError("no binary")
         }
         fixture = try DeliverFixture("purge")
-        home = try fixture.makeUser("alice", limits: QuotaLimits(bytes: 10_485_760, messages: 1000), folders: ["Trash"])
+        home = try fixture.makeUser("alice", limits: QuotaLimits(bytes: 104_857_600, messages: 100_000), folders: ["Trash"])
     }
 
     override func tearDown() {
@@ -28,12 +27,18 @@ final class PurgeCommandTests: XCTestCase {
         super.tearDown()
     }
 
-    func message(_ n: Int, date: String = "Tue, 1 Dec 2026 10:00:00 +0000") -> String {
-        "From: a@example.org\nDate: \(date)\nSubject: number \(n)\nMessage-ID: <p\(n)@example.org>\n\nbody \(n)\n"
-    }
-
     func purge(_ arguments: [String], environment: [String: String]? = nil) throws -> Harness.Result {
         try Harness.run(Harness.binary("nestbox-purge"), ["-C", fixture.configPath] + arguments, environment: environment)
+    }
+}
+
+/// nestbox-purge as an administrator meets it: usage errors and unknown mailboxes, a dry run
+/// that leaves the tree byte for byte, the JSON report, a lock that cannot be had, an mbox
+/// spool, and the nightly line of cron/nestbox run exactly as written.
+final class PurgeCommandTests: PurgeTestCase {
+
+    func message(_ n: Int, date: String = "Tue, 1 Dec 2026 10:00:00 +0000") -> String {
+        "From: a@example.org\nDate: \(date)\nSubject: number \(n)\nMessage-ID: <p\(n)@example.org>\n\nbody \(n)\n"
     }
 
     /// Delivers `count` messages to alice's INBOX and flags those of `deleted` (1-based) \Deleted.

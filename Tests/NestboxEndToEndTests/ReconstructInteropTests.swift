@@ -8,7 +8,6 @@ import XCTest
 /// mailbox the store delivered and Dovecot served), an IMAP session that stays open across a
 /// repair, and repairs running while LMTP deliveries pour into the same folder.
 final class ReconstructInteropTests: XCTestCase {
-    static let imapBinary = "/usr/lib/dovecot/imap"
 
     var fixture: DeliverFixture!
     var home = ""
@@ -245,27 +244,8 @@ final class ReconstructInteropTests: XCTestCase {
     import json, re, subprocess, sys
 
     imap, conf, home, imaplog = sys.argv[1:5]
-    env = {"USER": "alice", "HOME": home, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    p = subprocess.Popen([imap, "-c", conf], env=env, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=open(imaplog, "ab"))
-    n = 0
+    \#(Dovecot.imapPrelude)
     untagged = []
-    def cmd(text):
-        global n
-        n += 1
-        tag = b"t%d" % n
-        p.stdin.write(tag + b" " + text.encode() + b"\r\n"); p.stdin.flush()
-        out = []
-        while True:
-            line = p.stdout.readline()
-            if not line:
-                raise EOFError("imap closed during " + text)
-            s = line.decode(errors="replace").rstrip("\r\n")
-            if line.startswith(tag + b" "):
-                if not line.startswith(tag + b" OK"):
-                    raise RuntimeError("%s -> %s" % (text, s))
-                return out
-            out.append(s)
     def fetch():
         got = {}
         pending = None
@@ -303,39 +283,11 @@ final class ReconstructInteropTests: XCTestCase {
     """#
 
     func testOpenIMAPSessionKeepsWorkingAcrossARepair() throws {
-        guard FileManager.default.isExecutableFile(atPath: Self.imapBinary) else {
-            XCTFail("Dovecot's imap binary is missing (Debian package dovecot-imapd)")
-            return
-        }
-        let python = try Python.require()
         let dovecot = try populate()
         let imapLog = "\(fixture.dir)/imap.log"
-        let scriptPath = "\(fixture.dir)/session.py"
-        try Self.sessionScript.write(toFile: scriptPath, atomically: true, encoding: .utf8)
-
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = [scriptPath, Self.imapBinary, dovecot.configPath, home, imapLog]
-        let toScript = Pipe(), fromScript = Pipe()
-        process.standardInput = toScript
-        process.standardOutput = fromScript
-        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
-        try process.run()
-        var finished = false
-        defer { if !finished { process.terminate(); process.waitUntilExit() } }
-
-        var output = Data()
-        func waitFor(_ word: String) {
-            let deadline = Date().addingTimeInterval(30)
-            while !String(decoding: output, as: UTF8.self).contains(word + "\n") {
-                let chunk = fromScript.fileHandleForReading.availableData
-                if chunk.isEmpty || Date() > deadline { break }
-                output.append(chunk)
-            }
-        }
+        let session = try IMAPScript(Self.sessionScript, name: "session.py", in: fixture.dir, [dovecot.configPath, home, imapLog])
         // The session has selected INBOX and fetched.
-        waitFor("ready")
-        XCTAssertTrue(String(decoding: output, as: UTF8.self).contains("ready\n"), String(decoding: output, as: UTF8.self))
+        XCTAssertTrue(session.waitFor("ready"), session.text)
 
         // The damage: a garbage line and the record of uid 6 gone (its file stays).
         var lines = listLines()
@@ -350,17 +302,12 @@ final class ReconstructInteropTests: XCTestCase {
 
         // NOOP and fetch right after the repair; then a delivery (so the session must sync the
         // folder) and NOOP and fetch again.
-        toScript.fileHandleForWriting.write(Data("go\n".utf8))
-        waitFor("again")
+        session.send("go")
+        session.waitFor("again")
         XCTAssertEqual(try fixture.deliver(["alice"], message(11)).status, 0)
-        toScript.fileHandleForWriting.write(Data("go\n".utf8))
-        try toScript.fileHandleForWriting.close()
-        output.append(fromScript.fileHandleForReading.readDataToEndOfFile())
-        process.waitUntilExit()
-        finished = true
-        let text = String(decoding: output, as: UTF8.self)
-        let jsonLine = try XCTUnwrap(text.split(separator: "\n").last { $0.hasPrefix("{") }, text)
-        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(jsonLine.utf8)) as? [String: Any])
+        session.send("go")
+        let json = try session.finish()
+        let text = session.text
         XCTAssertEqual(json["errors"] as? [String], [])
         let before = try XCTUnwrap(json["before"] as? [String: String])
         let after = try XCTUnwrap(json["after"] as? [String: String], text)
