@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "nestbox-lmtpd", targets: ["nestbox-lmtpd"]),
         .executable(name: "nestbox-reconstruct", targets: ["nestbox-reconstruct"]),
         .executable(name: "nestbox-purge", targets: ["nestbox-purge"]),
+        .executable(name: "nestbox-quota", targets: ["nestbox-quota"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -28,6 +29,7 @@ let package = Package(
         .executableTarget(name: "nestbox-deliver", dependencies: ["NestboxSupport", "NestboxStore", "NestboxLMTP"]),
         .executableTarget(name: "nestbox-reconstruct", dependencies: ["NestboxSupport", "NestboxStore"]),
         .executableTarget(name: "nestbox-purge", dependencies: ["NestboxSupport", "NestboxStore"]),
+        .executableTarget(name: "nestbox-quota", dependencies: ["NestboxSupport", "NestboxStore"]),
         .testTarget(name: "NestboxStoreTests", dependencies: ["NestboxSupport", "NestboxStore"]),
         .testTarget(name: "NestboxLMTPTests", dependencies: ["NestboxSupport", "NestboxStore", "NestboxLMTP"]),
         .testTarget(name: "NestboxEndToEndTests", dependencies: ["NestboxSupport", "NestboxStore"]),

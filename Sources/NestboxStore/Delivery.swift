@@ -85,8 +85,10 @@ public struct Delivery: Sendable {
             }
             // Created when a message is stored (prepare), not now: a transaction that is
             // reset after its RCPTs must not leave empty mailboxes behind.
-            inboxToCreate = QuotaLimits(bytes: config.autocreateQuota * 1024,
-                                        messages: config.autocreateQuotaMessages > 0 ? config.autocreateQuotaMessages : nil)
+            // Limits stored by nestbox-quota for the domain or as the default come first.
+            inboxToCreate = try QuotaDefaults(store: store).limits(domain: store.usesDomainArea(r) ? r.domain : nil)
+                ?? QuotaLimits(bytes: config.autocreateQuota * 1024,
+                               messages: config.autocreateQuotaMessages > 0 ? config.autocreateQuotaMessages : nil)
         }
         var target = inbox
         if let wanted = folderName ?? r.detail {
@@ -110,7 +112,7 @@ public struct Delivery: Sendable {
         // The mailbox's name for logs and the duplicate key: the domain only where it matters.
         let owner = store.usesDomainArea(r) ? r.address : r.user
         let label = target.isRoot ? owner : "\(owner)/\(target.name)"
-        return DeliveryTarget(recipient: address, folder: target, quota: QuotaRoot(root: root), label: label,
+        return DeliveryTarget(recipient: address, folder: target, quota: config.quotaRoot(root), label: label,
                               inboxToCreate: inboxToCreate)
     }
 
@@ -143,7 +145,7 @@ public struct Delivery: Sendable {
             throw NestboxFailure(.noPermission, "\(identity ?? "anonymous") has no p right on shared folder \(f.name)")
         }
         return DeliveryTarget(recipient: recipient ?? "\(MailStore.sharedUser)/\(f.name)", folder: f,
-                              quota: QuotaRoot(root: root), label: "\(MailStore.sharedUser)/\(f.name)")
+                              quota: config.quotaRoot(root), label: "\(MailStore.sharedUser)/\(f.name)")
     }
 
     // MARK: Storing

@@ -7,9 +7,18 @@
 // every new/ and cur/), written to a temporary file and renamed over, when: it is 5120 bytes or
 // more, a line does not parse, a total is negative, or the totals say "over quota" while the file
 // has more than one data line or is older than 15 minutes. If a directory changed during the
-// scan, the scan is done again. Dovecot (quota=maildir) reads its limits from line 1, so the
-// limits written here are enforced by Dovecot too. Everything is counted, Trash and \Deleted
-// files included, as Dovecot counts.
+// scan, the scan is done again. A file holding only its limits line (no usage line: limits
+// written by hand or by an older tool) is recalculated too: counted as zero, a limit set on a
+// full mailbox would never be enforced. Dovecot (quota=maildir) reads its limits from line 1, so
+// the limits written here are enforced by Dovecot too. Everything is counted, Trash and \Deleted
+// files included, as Dovecot counts; `quota_count: courier` leaves out the Trash folder and
+// T-flagged files, as Courier does (Dovecot, which counts them, then disagrees).
+//
+// A recalculation by a tool (`recalculateLocked`: nestbox-quota -f, limits set) holds every
+// folder's dovecot-uidlist.lock from the scan to the rename, the lock under which deliveries
+// append their delta and move their file: no delivery can fall between the scan and the new
+// file. One made at delivery (the rules above) holds only its own folder's lock, as Maildir++
+// allows; its window is what the next recalculation repairs.
 //
 // No maildirsize file means no quota for that user.
 
@@ -133,11 +142,81 @@ public struct MaildirSize: Equatable, Sendable {
     }
 }
 
+/// What the usage counts (`quota_count`).
+public enum QuotaCounting: String, Sendable {
+    /// Every message of every folder, as Dovecot counts.
+    case dovecot
+    /// Not the Trash folder, not T-flagged (\Deleted) files, as Courier counts.
+    case courier
+}
+
 /// The quota of one user's mail root.
 public struct QuotaRoot: Sendable {
     public let root: String
-    public init(root: String) { self.root = root }
+    public let counting: QuotaCounting
+    public init(root: String, counting: QuotaCounting = .dovecot) {
+        self.root = root
+        self.counting = counting
+    }
     public var path: String { "\(root)/\(MaildirSize.fileName)" }
+
+    /// What the file says and what the usage is: `usage` is the file's sum, or when the
+    /// recalculation rules apply, the usage counted from the folders (nothing is written).
+    public struct Status: Equatable, Sendable {
+        public var limits: QuotaLimits
+        public var recorded: QuotaUsage
+        public var usage: QuotaUsage
+        /// The rules say the file is to be recalculated (the next delivery will do it).
+        public var stale: Bool
+    }
+
+    /// The quota as a delivery would see it, read only; nil: no maildirsize (no quota). A limits
+    /// line that cannot be read throws (the delivery path logs it and enforces nothing).
+    public func status() throws -> Status? {
+        guard let bytes = try Files.read(path, limit: 1 << 20) else { return nil }
+        guard let parsed = MaildirSize.parse(bytes) else {
+            throw NestboxFailure(.dataError, "\(path): line 1: bad limits \"\(Names.printable(String(decoding: bytes.prefix(60), as: UTF8.self)))\"")
+        }
+        let stale = try needsRecalculation(parsed, fileSize: bytes.count)
+        return Status(limits: parsed.limits, recorded: parsed.usage, usage: stale ? try countStable() : parsed.usage, stale: stale)
+    }
+
+    /// The Maildir++ rules (see the top of this file).
+    func needsRecalculation(_ parsed: MaildirSize, fileSize: Int) throws -> Bool {
+        if fileSize >= 5120 || parsed.damaged || parsed.dataLines == 0 || parsed.usage.bytes < 0 || parsed.usage.messages < 0 {
+            return true
+        }
+        guard parsed.isOver(adding: nil) else { return false }
+        if parsed.dataLines > 1 { return true }
+        return (try Files.status(path)).map { wallSeconds() - Double($0.st_mtim.tv_sec) > 15 * 60 } ?? true
+    }
+
+    /// Recalculates under every folder's uidlist lock (see the top of this file), with
+    /// `limits` (nil: the file's, none if there is no file or its line 1 cannot be read).
+    /// Returns the file's state before (nil: none or unreadable) and after.
+    /// With `onlyIfChanged`, a file whose usage is the count and that the rules leave alone is
+    /// not written (`after` is then the file as it is).
+    @discardableResult
+    public func recalculateLocked(limits: QuotaLimits?, options: DotLock.Options,
+                                  onlyIfChanged: Bool = false) throws -> (before: MaildirSize?, after: MaildirSize) {
+        var locks: [DotLock] = []
+        defer { locks.forEach { $0.release() } }
+        for dir in try ([root] + folderDirectories()).sorted() {
+            let file = UIDListFile(folder: dir, mailRoot: root)
+            locks.append(try file.lock(options: options))
+        }
+        let bytes = try Files.read(path, limit: 1 << 20)
+        let before = bytes.flatMap(MaildirSize.parse)
+        if onlyIfChanged, let before, let bytes, limits == nil || limits == before.limits,
+           try !needsRecalculation(before, fileSize: bytes.count), try countStable() == before.usage {
+            return (before, before)
+        }
+        let after = try recalculate(limits: limits ?? before?.limits ?? QuotaLimits())
+        return (before, after)
+    }
+
+    /// The usage counted from the folders, read only (no lock, nothing written).
+    public func countUsage() throws -> QuotaUsage { try countStable() }
 
     /// The current state, recalculated first if the Maildir++ rules say so; nil: no quota.
     public func current() throws -> MaildirSize? {
@@ -146,12 +225,7 @@ public struct QuotaRoot: Sendable {
             Log.error("\(path): line 1: bad limits \"\(Names.printable(String(decoding: bytes.prefix(60), as: UTF8.self)))\"; quota not enforced until it is fixed")
             return nil
         }
-        var recalc = bytes.count >= 5120 || parsed.damaged || parsed.usage.bytes < 0 || parsed.usage.messages < 0
-        if !recalc && parsed.isOver(adding: nil) {
-            let old = (try Files.status(path)).map { wallSeconds() - Double($0.st_mtim.tv_sec) > 15 * 60 } ?? true
-            recalc = parsed.dataLines > 1 || old
-        }
-        guard recalc else { return parsed }
+        guard try needsRecalculation(parsed, fileSize: bytes.count) else { return parsed }
         if parsed.damaged { Log.warning("\(path): unparsable line; recalculating") }
         return try recalculate(limits: parsed.limits)
     }
@@ -159,12 +233,7 @@ public struct QuotaRoot: Sendable {
     /// Recomputes the usage from the folders and rewrites the file with `limits`.
     @discardableResult
     public func recalculate(limits: QuotaLimits) throws -> MaildirSize {
-        var usage = QuotaUsage()
-        for _ in 0..<5 {
-            let before = try directoryTimes()
-            usage = try scan()
-            if try directoryTimes() == before { break }
-        }
+        let usage = try countStable()
         let text = "\(limits.line)\n\(usage.bytes) \(usage.messages)\n"
         try Files.replace(path, with: Array(text.utf8))
         return MaildirSize(limits: limits, usage: usage, dataLines: 1, damaged: false)
@@ -186,13 +255,31 @@ public struct QuotaRoot: Sendable {
         try Files.writeAll(fd, Array("\(bytes) \(messages)\n".utf8), path: path)
     }
 
-    private func folderDirectories() throws -> [String] {
-        [root] + (try MailRoot.folderDirectories(root, requireCur: false))
+    /// The usage counted from the folders, counted again (up to 5 times) while a new/ or cur/
+    /// changed during the count.
+    func countStable() throws -> QuotaUsage {
+        var usage = QuotaUsage()
+        for _ in 0..<5 {
+            let before = try directoryTimes()
+            usage = try scan()
+            if try directoryTimes() == before { break }
+        }
+        return usage
+    }
+
+    /// The folder directories below the root (not the root itself), not following links.
+    func folderDirectories() throws -> [String] {
+        try MailRoot.folderDirectories(root, requireCur: false)
+    }
+
+    /// The root and the folders that count: with Courier's counting, not Trash.
+    private func countedDirectories() throws -> [String] {
+        [root] + (try folderDirectories()).filter { counting == .dovecot || Files.baseName($0) != ".Trash" }
     }
 
     private func directoryTimes() throws -> [Int] {
         var times: [Int] = []
-        for d in try folderDirectories() {
+        for d in try countedDirectories() {
             for sub in ["new", "cur"] {
                 if let st = try Files.status("\(d)/\(sub)") { times.append(Int(st.st_mtim.tv_sec) * 1_000_000_000 + Int(st.st_mtim.tv_nsec)) }
             }
@@ -202,11 +289,13 @@ public struct QuotaRoot: Sendable {
 
     func scan() throws -> QuotaUsage {
         var usage = QuotaUsage()
-        for d in try folderDirectories() {
+        for d in try countedDirectories() {
             for sub in ["new", "cur"] {
                 let dir = "\(d)/\(sub)"
                 for name in try Files.list(dir) ?? [] where MaildirName.isMessageName(name) {
-                    if let s = MaildirName(name).size {
+                    let parsed = MaildirName(name)
+                    if counting == .courier && parsed.has("T") { continue }
+                    if let s = parsed.size {
                         usage.bytes += s
                     } else if let st = try Files.status("\(dir)/\(name)") {
                         usage.bytes += Int64(st.st_size)
@@ -218,5 +307,53 @@ public struct QuotaRoot: Sendable {
             }
         }
         return usage
+    }
+}
+
+extension Config {
+    /// The quota of the mail root `root`, counted as `quota_count` says.
+    public func quotaRoot(_ root: String) -> QuotaRoot {
+        QuotaRoot(root: root, counting: QuotaCounting(rawValue: quotaCount) ?? .dovecot)
+    }
+}
+
+/// Limits for mailboxes created later (nestbox-quota --set with -d or --default): one limits
+/// line in `.nestbox/quota/default` and in `.nestbox/quota/domain.<domain>`. A new INBOX takes
+/// its domain's, else the default, else `autocreate_quota` / `autocreate_quota_messages`.
+public struct QuotaDefaults: Sendable {
+    public let directory: String
+
+    public init(store: MailStore) { directory = "\(store.internalDirectory)/quota" }
+
+    func path(domain: String?) -> String {
+        domain.map { "\(directory)/domain.\($0.lowercased())" } ?? "\(directory)/default"
+    }
+
+    /// The stored limits of `domain` (nil: the default's).
+    public func stored(domain: String?) throws -> QuotaLimits? {
+        let p = path(domain: domain)
+        guard let bytes = try Files.read(p, limit: 4096) else { return nil }
+        let line = String(decoding: bytes, as: UTF8.self).split(separator: "\n").first ?? ""
+        guard let limits = QuotaLimits.parse(line) else {
+            throw NestboxFailure(.config, "\(p): line 1: bad limits \"\(Names.printable(String(line.prefix(60))))\"")
+        }
+        return limits
+    }
+
+    /// What a new INBOX of `domain` gets: its domain's stored limits, else the default's.
+    public func limits(domain: String?) throws -> QuotaLimits? {
+        if let d = domain, let l = try stored(domain: d) { return l }
+        return try stored(domain: nil)
+    }
+
+    /// Stores `limits` for `domain` (nil: the default); nil limits remove the entry.
+    public func set(_ limits: QuotaLimits?, domain: String?) throws {
+        let p = path(domain: domain)
+        guard let limits else {
+            if unlink(p) != 0 && errno != ENOENT { throw NestboxFailure.system("unlink", p) }
+            return
+        }
+        try Files.makeDirectory(directory)
+        try Files.replace(p, with: Array("\(limits.line)\n".utf8))
     }
 }

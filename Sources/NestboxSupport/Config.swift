@@ -72,6 +72,10 @@ public struct Config: Sendable {
         Key(name: "lmtp_downcase_rcpt", kind: .bool, defaultValue: "yes", summary: "lowercase a recipient's local part and domain (never the +detail)"),
         Key(name: "lmtp_over_quota_perm_failure", kind: .bool, defaultValue: "no", summary: "over quota is permanent (5.2.2, exit 73) instead of temporary (4.2.2, exit 75)"),
         Key(name: "lmtp_strict_quota", kind: .bool, defaultValue: "no", summary: "the incoming message's size counts when checking the quota"),
+        Key(name: "quotawarnpercent", kind: .integer, defaultValue: "90", summary: "nestbox-quota warns about quota roots used above this percentage",
+            rules: [.minimum(0)]),
+        Key(name: "quota_count", kind: .string, defaultValue: "dovecot", summary: "`dovecot`: quota usage counts every message, as Dovecot enforces it; `courier`: not Trash, not \\Deleted",
+            rules: [.oneOf(["dovecot", "courier"], shown: "dovecot or courier")]),
         Key(name: "maxmessagesize", kind: .integer, defaultValue: "0", summary: "largest message accepted, in bytes; 0: no limit of our own",
             rules: [.minimum(0)]),
         Key(name: "autocreate_post", kind: .bool, defaultValue: "no", summary: "create a missing INBOX on first delivery (needs autocreate_quota >= 0)"),
@@ -138,6 +142,9 @@ public struct Config: Sendable {
     public var downcaseRecipient: Bool { bool("lmtp_downcase_rcpt") }
     public var overQuotaIsPermanent: Bool { bool("lmtp_over_quota_perm_failure") }
     public var strictQuota: Bool { bool("lmtp_strict_quota") }
+    public var quotaWarnPercent: Int64 { integer("quotawarnpercent") }
+    /// `quota_count`: "dovecot" or "courier".
+    public var quotaCount: String { string("quota_count").lowercased() }
     public var maxMessageSize: Int64 { integer("maxmessagesize") }
     public var autocreatePost: Bool { bool("autocreate_post") }
     public var autocreateQuota: Int64 { integer("autocreate_quota") }

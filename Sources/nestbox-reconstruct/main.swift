@@ -114,7 +114,7 @@ for (i, m) in mailboxes.enumerated() {
         }
         // The owner's maildirsize, once per mail root.
         if quotaRootsDone.insert(m.folder.mailRoot).inserted {
-            if let p = try QuotaRoot(root: m.folder.mailRoot).reconstruct(dryRun: options.dryRun) { show(m.name, p) }
+            if let p = try config.quotaRoot(m.folder.mailRoot).reconstruct(dryRun: options.dryRun) { show(m.name, p) }
         }
         if parsed.has("find") && !m.folder.isRoot {
             let levels = m.folder.name.split(separator: names.separator).map { ModifiedUTF7.encode(String($0)) }
