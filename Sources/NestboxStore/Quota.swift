@@ -207,11 +207,12 @@ public struct QuotaRoot: Sendable {
         }
         let bytes = try Files.read(path, limit: 1 << 20)
         let before = bytes.flatMap(MaildirSize.parse)
+        let counted = try countStable()
         if onlyIfChanged, let before, let bytes, limits == nil || limits == before.limits,
-           try !needsRecalculation(before, fileSize: bytes.count), try countStable() == before.usage {
+           try !needsRecalculation(before, fileSize: bytes.count), counted == before.usage {
             return (before, before)
         }
-        let after = try recalculate(limits: limits ?? before?.limits ?? QuotaLimits())
+        let after = try write(limits: limits ?? before?.limits ?? QuotaLimits(), usage: counted)
         return (before, after)
     }
 
@@ -233,7 +234,10 @@ public struct QuotaRoot: Sendable {
     /// Recomputes the usage from the folders and rewrites the file with `limits`.
     @discardableResult
     public func recalculate(limits: QuotaLimits) throws -> MaildirSize {
-        let usage = try countStable()
+        try write(limits: limits, usage: try countStable())
+    }
+
+    private func write(limits: QuotaLimits, usage: QuotaUsage) throws -> MaildirSize {
         let text = "\(limits.line)\n\(usage.bytes) \(usage.messages)\n"
         try Files.replace(path, with: Array(text.utf8))
         return MaildirSize(limits: limits, usage: usage, dataLines: 1, damaged: false)
@@ -292,15 +296,27 @@ public struct QuotaRoot: Sendable {
         for d in try countedDirectories() {
             for sub in ["new", "cur"] {
                 let dir = "\(d)/\(sub)"
-                for name in try Files.list(dir) ?? [] where MaildirName.isMessageName(name) {
-                    let parsed = MaildirName(name)
-                    if counting == .courier && parsed.has("T") { continue }
-                    if let s = parsed.size {
-                        usage.bytes += s
-                    } else if let st = try Files.status("\(dir)/\(name)") {
-                        usage.bytes += Int64(st.st_size)
+                // Names read as bytes where they lie (a user may have 100k): `,S=` from the name,
+                // else the file's size, stat'ed relative to the directory.
+                var name: [UInt8] = []
+                try Files.forEachEntry(dir) { cName, count, _, fd in
+                    guard cName[0] != 46 else { return }  // dot names are no messages
+                    name.removeAll(keepingCapacity: true)
+                    name.append(contentsOf: UnsafeRawBufferPointer(start: cName, count: count))
+                    let all = Span(0, count)
+                    let stem = Span(0, name.firstIndex(of: UInt8(ascii: ":"), in: all) ?? count)
+                    if counting == .courier, stem.end < Int32(count), name[Int(stem.end)...].contains(UInt8(ascii: "T")) {
+                        // The flags after ":2,", up to any second ",".
+                        let info = name[(Int(stem.end) + 1)...]
+                        let flags = info.starts(with: [50, 44]) ? info.dropFirst(2) : info
+                        if flags.prefix(while: { $0 != 44 }).contains(UInt8(ascii: "T")) { return }
+                    }
+                    if let size = name.maildirField(UInt8(ascii: "S"), in: stem) {
+                        usage.bytes += size
                     } else {
-                        continue  // removed while we looked
+                        var st = stat()
+                        guard fstatat(fd, cName, &st, AT_SYMLINK_NOFOLLOW) == 0 else { return }  // removed while we looked
+                        usage.bytes += Int64(st.st_size)
                     }
                     usage.messages += 1
                 }
