@@ -106,11 +106,22 @@ public final class Tool {
         finish(.usage, detail: text + " (see --help)")
     }
 
+    /// Where a maintenance tool's fatal detail goes besides the log: standard error, always
+    /// (a cron job or `2>file` must see why it failed), unless the log is standard error
+    /// already and has it.
+    func detailNeedsStandardError(loggedThere: Bool) -> Bool {
+        logging == nil || logging != .stderr || !loggedThere
+    }
+
     /// Logs `failure` as fatal and exits with its row.
     public func fail(_ failure: NestboxFailure) -> Never {
         if logging != nil { Log.fatal(failure.detail) }
+        failing = logging != nil
         finish(failure.outcome, detail: failure.detail)
     }
+
+    /// Set by `fail` once the detail is in the log.
+    private var failing = false
 
     /// Reports `outcome` as `reporting` says and exits with its code. `logged`: the detail is
     /// already in the log, so the DSN line does not repeat it.
@@ -123,8 +134,8 @@ public final class Tool {
                 print(line)
                 if let detail, isatty(2) != 0 { fputs("\(spec.program): \(detail)\n", stderr) }
             case .standardError:
-                // Before logging is set up, or when the log is not the terminal, say it there.
-                if let detail, logging == nil || (logging != .stderr && isatty(2) != 0) {
+                // Only `fail` puts the detail in the log first.
+                if let detail, detailNeedsStandardError(loggedThere: outcome != .usage && failing) {
                     fputs("\(spec.program): \(detail)\n", stderr)
                 }
             }

@@ -79,6 +79,13 @@ final class QuotaCommandTests: XCTestCase {
         _ = try dovecot.doveadm(["expunge", "mailbox", "INBOX", "deleted"])
         XCTAssertEqual(try ourQuota(), try dovecotQuota(dovecot))
 
+        // nestbox-purge expunges what Dovecot flagged \Deleted (negative deltas of its own).
+        _ = try dovecot.doveadm(["flags", "add", "\\Deleted", "mailbox", "INBOX", "uid", "4"])
+        let purge = try Harness.run(Harness.binary("nestbox-purge"), ["-C", fixture.configPath, "-f", "user/alice"])
+        XCTAssertEqual(purge.status, 0, purge.stdout + purge.stderr)
+        XCTAssertEqual(try ourQuota(), try dovecotQuota(dovecot))
+        XCTAssertEqual(try ourQuota()[2], "4", purge.stdout + purge.stderr)
+
         // A file removed by hand: maildirsize over-counts until -f.
         let files = try ["new", "cur"].flatMap { sub in
             try FileManager.default.contentsOfDirectory(atPath: "\(home)/\(sub)").map { "\(home)/\(sub)/\($0)" }
@@ -87,10 +94,10 @@ final class QuotaCommandTests: XCTestCase {
         let before = try ourQuota()
         let fix = try quota(["-f", "user/alice"])
         XCTAssertEqual(fix.status, 0, fix.stdout + fix.stderr)
-        XCTAssertTrue(fix.stderr.contains("user/alice: MESSAGE usage was 5, now 4"), fix.stderr)
+        XCTAssertTrue(fix.stderr.contains("user/alice: MESSAGE usage was 4, now 3"), fix.stderr)
         let after = try ourQuota()
         XCTAssertNotEqual(before, after)
-        XCTAssertEqual(after[2], "4")
+        XCTAssertEqual(after[2], "3")
         // Dovecot recalculates only when asked; after `quota recalc` it agrees with -f.
         _ = try dovecot.doveadm(["quota", "recalc"])
         XCTAssertEqual(try dovecotQuota(dovecot), after)
@@ -98,7 +105,7 @@ final class QuotaCommandTests: XCTestCase {
         let text = try quota(["user/alice"])
         XCTAssertEqual(text.stdout.split(separator: "\n").first, "   Quota   % Used     Used Resource Root")
         XCTAssertTrue(text.stdout.contains("      20 ") && text.stdout.contains(" STORAGE  user/alice"), text.stdout)
-        XCTAssertTrue(text.stdout.contains("      50        8        4 MESSAGE  user/alice"), text.stdout)
+        XCTAssertTrue(text.stdout.contains("      50        6        3 MESSAGE  user/alice"), text.stdout)
         // -f again changes nothing and says nothing.
         let again = try quota(["-f", "-q", "user/alice"])
         XCTAssertEqual(again.status, 0)
@@ -185,7 +192,10 @@ final class QuotaCommandTests: XCTestCase {
     }
 
     func testUsageAndUnknownUser() throws {
-        XCTAssertEqual(try quota(["-n"]).status, 64)
+        let usage = try quota(["-n"])
+        XCTAssertEqual(usage.status, 64)
+        // Said on standard error even when it is no terminal (a cron job, `2>file`).
+        XCTAssertTrue(usage.stderr.contains("nestbox-quota: -n goes with -f"), usage.stderr)
         XCTAssertEqual(try quota(["--set", "STORAGE=x", "user/alice"]).status, 64)
         XCTAssertEqual(try quota(["--format", "xml"]).status, 64)
         XCTAssertEqual(try quota(["--set", "STORAGE=1"]).status, 64)

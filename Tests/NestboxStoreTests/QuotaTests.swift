@@ -154,6 +154,26 @@ final class QuotaTests: TempDirTestCase {
         XCTAssertEqual(TestFS.readText(maildirsize), "1000000S,100C\n5 1\n7 1\n")
     }
 
+    func testALimitsLineAloneIsRecalculated() throws {
+        let expected = makeMaildir()
+        TestFS.write(maildirsize, "3000S,2C\n")
+        let status = try XCTUnwrap(try QuotaRoot(root: dir).status())
+        XCTAssertTrue(status.stale)
+        XCTAssertEqual(status.usage, expected, "read only: counted, not written")
+        XCTAssertEqual(TestFS.readText(maildirsize), "3000S,2C\n")
+        let m = try XCTUnwrap(try QuotaRoot(root: dir).current())
+        XCTAssertEqual(m.usage, expected)
+        XCTAssertTrue(m.isOver(adding: nil), "a full mailbox under a limit set by hand is over quota")
+    }
+
+    func testCourierCountingLeavesOutTrashAndDeleted() throws {
+        let expected = makeMaildir()
+        let courier = try QuotaRoot(root: dir, counting: .courier).countUsage()
+        // cur/...:2,ST (333 bytes, no S=) and the Trash message (S=50) are left out.
+        XCTAssertEqual(courier, QuotaUsage(bytes: expected.bytes - 333 - 50, messages: expected.messages - 2))
+        XCTAssertEqual(try QuotaRoot(root: dir).countUsage(), expected)
+    }
+
     func testRecalculatesWhenALineIsGarbage() throws {
         let expected = makeMaildir()
         TestFS.write(maildirsize, "1000000S,100C\n5 1\nthis is not a delta\n")
