@@ -11,13 +11,18 @@ let package = Package(
         .executable(name: "nestbox-reconstruct", targets: ["nestbox-reconstruct"]),
         .executable(name: "nestbox-purge", targets: ["nestbox-purge"]),
         .executable(name: "nestbox-quota", targets: ["nestbox-quota"]),
+        .executable(name: "nestbox-passwd", targets: ["nestbox-passwd"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     ],
     targets: [
         .target(name: "NestboxSupport"),
-        .target(name: "NestboxStore", dependencies: ["NestboxSupport"]),
+        // The SASL bridge: libsasl2 (writes, checks) and Berkeley DB (read-only walks of sasldb2).
+        .systemLibrary(name: "CSASL", pkgConfig: "libsasl2", providers: [.apt(["libsasl2-dev"])]),
+        .systemLibrary(name: "CBerkeleyDB", providers: [.apt(["libdb5.3-dev"])]),
+        .target(name: "NestboxSASL", dependencies: ["NestboxSupport", "CSASL", "CBerkeleyDB"]),
+        .target(name: "NestboxStore", dependencies: ["NestboxSupport", "NestboxSASL"]),
         .target(name: "NestboxLMTP", dependencies: ["NestboxSupport", "NestboxStore"]),
         .target(name: "NestboxLMTPServer", dependencies: [
             "NestboxSupport", "NestboxStore", "NestboxLMTP",
@@ -30,9 +35,10 @@ let package = Package(
         .executableTarget(name: "nestbox-reconstruct", dependencies: ["NestboxSupport", "NestboxStore"]),
         .executableTarget(name: "nestbox-purge", dependencies: ["NestboxSupport", "NestboxStore"]),
         .executableTarget(name: "nestbox-quota", dependencies: ["NestboxSupport", "NestboxStore"]),
+        .executableTarget(name: "nestbox-passwd", dependencies: ["NestboxSupport", "NestboxSASL"]),
         .testTarget(name: "NestboxStoreTests", dependencies: ["NestboxSupport", "NestboxStore"]),
         .testTarget(name: "NestboxLMTPTests", dependencies: ["NestboxSupport", "NestboxStore", "NestboxLMTP"]),
-        .testTarget(name: "NestboxEndToEndTests", dependencies: ["NestboxSupport", "NestboxStore"]),
+        .testTarget(name: "NestboxEndToEndTests", dependencies: ["NestboxSupport", "NestboxStore", "NestboxSASL"]),
     ],
     swiftLanguageModes: [.v5]
 )

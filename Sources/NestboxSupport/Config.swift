@@ -84,6 +84,8 @@ public struct Config: Sendable {
         Key(name: "autocreate_quota_messages", kind: .integer, defaultValue: "-1", summary: "message limit of an autocreated INBOX; 0 or -1: unlimited",
             rules: [.minimum(-1)]),
         Key(name: "autocreate_inbox_folders", kind: .string, defaultValue: "", summary: "`|`-separated folders created (and subscribed) with a new INBOX"),
+        Key(name: "autocreate_users", kind: .string, defaultValue: "any", summary: "whose INBOX a delivery may create: `any` recipient, or only users the SASL database (sasl_sasldb_path) knows",
+            rules: [.oneOf(["any", "sasldb"], shown: "any or sasldb")]),
         Key(name: "duplicatesuppression", kind: .bool, defaultValue: "yes", summary: "store a message (same Message-ID and Date) only once per mailbox"),
         Key(name: "duplicate_expire", kind: .duration, defaultValue: "3d", summary: "how long a delivery is remembered for duplicate suppression (`s`, `m`, `h`, `d`, `w`)"),
         Key(name: "lmtpsocket", kind: .string, defaultValue: "/run/nestbox/lmtp", summary: "UNIX socket of nestbox-lmtpd; empty: none"),
@@ -101,6 +103,9 @@ public struct Config: Sendable {
             rules: [.absolutePathOrEmpty]),
         Key(name: "mbox_write_locks", kind: .string, defaultValue: "dotlock fcntl", summary: "locks taken, in this order, to rewrite an mbox: dotlock, fcntl, flock",
             rules: [.wordsFrom(["dotlock", "fcntl", "flock"])]),
+        Key(name: "sasl_sasldb_path", kind: .string, defaultValue: "/etc/sasldb2", summary: "the SASL user database (Berkeley DB), as libsasl2's sasldb plugin reads it",
+            rules: [.absolutePath]),
+        Key(name: "sasl_sasldb_group", kind: .string, defaultValue: "sasl", summary: "group of a SASL database nestbox-passwd creates (mode 0640, owner root); empty: root's"),
         Key(name: "lock_timeout", kind: .integer, defaultValue: "122", summary: "seconds to wait for a mailbox lock before a temporary failure (Dovecot waits 122)", rules: [.minimum(1)]),
         Key(name: "syslog_facility", kind: .facility, defaultValue: "mail", summary: "syslog facility of log lines"),
     ]
@@ -152,6 +157,9 @@ public struct Config: Sendable {
     public var autocreateInboxFolders: [String] {
         string("autocreate_inbox_folders").split(separator: "|").map { $0.trimmingSpaces() }.filter { !$0.isEmpty }
     }
+    /// autocreate_users: sasldb (only users the SASL database knows get an INBOX made).
+    public var autocreateOnlySASLUsers: Bool { string("autocreate_users").lowercased() == "sasldb" }
+    public var saslDatabasePath: String { string("sasl_sasldb_path") }
     public var duplicateSuppression: Bool { bool("duplicatesuppression") }
     public var duplicateExpire: Double { Config.parseDuration(string("duplicate_expire"))! }
     public var lockTimeout: Double { Double(integer("lock_timeout")) }

@@ -62,6 +62,13 @@ public struct Outcome: Sendable, Equatable, CustomStringConvertible {
     /// or with -n not yet, repaired). Not a delivery outcome: not in `table`.
     public static let problemsRemain = Outcome(exitCode: 1, name: "PROBLEMS", status: "4.0.0", replyCode: 451, text: "Problems remain")
 
+    /// nestbox-passwd's own answers (not delivery outcomes: not in `table`): a password that
+    /// does not match (`--check`, 1, as testsaslauthd's NO), an input file or database that is
+    /// not there (66), a user that already exists when asked to create it (73).
+    public static let authenticationFailed = Outcome(exitCode: 1, name: "AUTHFAIL", status: "5.7.8", replyCode: 535, text: "Authentication failed")
+    public static let noInput = Outcome(exitCode: 66, name: "EX_NOINPUT", status: "4.3.0", replyCode: 451, text: "Cannot open input")
+    public static let userExists = Outcome(exitCode: 73, name: "EX_CANTCREAT", status: "5.1.0", replyCode: 550, text: "User exists")
+
     /// Every row, in exit-code order (manual pages and tests walk this list).
     public static let table: [Outcome] = [
         .delivered, .usage, .dataError, .badAddress, .userUnknown, .tooBig, .overQuotaPermanent,
