@@ -4,7 +4,8 @@
 //    +detail or -m folder is used only if that folder exists and the identity may post to it
 //    (`p` in its dovecot-acl; the owner always may); otherwise the message goes to INBOX. An
 //    invalid folder name from an address is not an error: it is logged and INBOX is used.
-//    A user without INBOX is unknown unless autocreate_post and autocreate_quota >= 0; such
+//    A user without INBOX is unknown unless autocreate_post and autocreate_quota >= 0 (and,
+//    with autocreate_users: sasldb, the SASL database knows the user: SASLDatabase); such
 //    an INBOX is created (whole: MailStore.createUser) when a message is stored, not when the
 //    recipient is resolved. No level from the mail root down to the target folder may be a
 //    symbolic link (a temporary failure naming it).
@@ -24,6 +25,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import NestboxSASL
 import NestboxSupport
 
 public struct DeliveryTarget: Sendable {
@@ -83,6 +85,7 @@ public struct Delivery: Sendable {
             guard config.autocreatePost && config.autocreateQuota >= 0 else {
                 throw NestboxFailure(.userUnknown, "\(r.address): no mailbox at \(root)")
             }
+            if config.autocreateOnlySASLUsers { try requireSASLUser(r) }
             // Created when a message is stored (prepare), not now: a transaction that is
             // reset after its RCPTs must not leave empty mailboxes behind.
             // Limits stored by nestbox-quota for the domain or as the default come first.
@@ -114,6 +117,30 @@ public struct Delivery: Sendable {
         let label = target.isRoot ? owner : "\(owner)/\(target.name)"
         return DeliveryTarget(recipient: address, folder: target, quota: config.quotaRoot(root), label: label,
                               inboxToCreate: inboxToCreate)
+    }
+
+    /// With autocreate_users: sasldb, a missing INBOX is made only for a user the SASL database
+    /// knows: user and realm as `nestbox-passwd -u` and saslauthd name them (the recipient's
+    /// domain with virtdomains; else defaultdomain, else the host name). Unknown: 5.1.1. A
+    /// database that cannot be read (missing, unreadable, damaged) is a temporary failure, so a
+    /// broken database defers mail instead of bouncing it. One read-only open per look-up.
+    func requireSASLUser(_ r: Recipient) throws {
+        let realm: String
+        if config.virtDomains == .userid, let domain = r.domain {
+            realm = domain
+        } else {
+            realm = config.defaultDomain.isEmpty ? config.serverName : config.defaultDomain
+        }
+        let database = SASLDatabase(path: config.saslDatabasePath)
+        let known: Bool
+        do {
+            known = try database.knows(user: r.user, realm: realm)
+        } catch let failure as NestboxFailure {
+            throw NestboxFailure(.temporary, "\(r.address): autocreate_users: sasldb: \(failure.detail)")
+        }
+        guard known else {
+            throw NestboxFailure(.userUnknown, "\(r.address): no mailbox, and \(Names.printable(r.user))@\(Names.printable(realm)) is not in \(database.path) (autocreate_users: sasldb)")
+        }
     }
 
     /// Creates the INBOX a target is waiting for (`inboxToCreate`), with the autocreate folders,

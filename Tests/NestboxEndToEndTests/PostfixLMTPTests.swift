@@ -15,7 +15,6 @@ final class PostfixLMTPTests: PostfixTestCase {
     static let sampleSocket = "/run/nestbox/lmtp"
 
     var socketPath = ""
-    var nestboxConf = ""
     var server: LMTPDaemon!
 
     override func extraDiagnostics() -> String {

@@ -8,48 +8,17 @@ import XCTest
 /// it), and the settings of postfix/main.cf and postfix/main.cf.virtual are applied, so the
 /// samples are what is tested.
 final class PostfixPipeTests: PostfixTestCase {
-    var nestboxConf = ""
-
     override var expectedRelay: String? { "nestbox" }
 
     // MARK: - setup
 
     override func setUpWithError() throws {
         try super.setUpWithError()
-        try preparePostfixInstance(label: "nbpostfix", tools: ["/usr/sbin/postqueue"])
-        let built = Harness.binary("nestbox-deliver")
-        guard FileManager.default.isExecutableFile(atPath: built) else {
-            XCTFail("built program not found: \(built)")
-            throw failure("no binary")
-        }
-        // pipe(8) runs the program as vmail, which may not be able to reach the build folder
-        // (CI clones somewhere under root's home): run a copy of the built binary from here.
-        try FileManager.default.createDirectory(atPath: "\(base)/bin", withIntermediateDirectories: false,
-                                                attributes: [.posixPermissions: 0o755])
-        let program = "\(base)/bin/nestbox-deliver"
-        try FileManager.default.copyItem(atPath: built, toPath: program)
-        chmod(program, 0o755)
-
-        nestboxConf = try Harness.writeConfig(in: base, [
-            "partition-default": mailRoot,
-            "mail_owner": Harness.mailOwner,
-            "servername": "mx.\(Self.localDomain)",
+        try startPipeInstance(label: "nbpostfix", settings: [
             "virtdomains": "userid",
             "autocreate_post": "no",
             "autocreate_quota": "-1",
         ])
-        chmod(nestboxConf, 0o644)
-
-        let local = try Self.sampleSettings("\(Harness.packageRoot)/postfix/main.cf")
-        let virtual = try Self.sampleSettings("\(Harness.packageRoot)/postfix/main.cf.virtual")
-        XCTAssertTrue(local.contains { $0 == ("mailbox_transport", "nestbox") || $0 == ("local_transport", "nestbox") },
-                      "postfix/main.cf must route local mail to nestbox: \(local)")
-        XCTAssertTrue(virtual.contains { $0 == ("virtual_transport", "nestbox-virtual") },
-                      "postfix/main.cf.virtual must set virtual_transport = nestbox-virtual: \(virtual)")
-        try writeMainCf(sample: local + virtual, header: "written by PostfixPipeTests from postfix/main.cf and postfix/main.cf.virtual")
-        try writeMasterCf(extra: try sampleNestboxServices(program: program),
-                          header: "written by PostfixPipeTests; the nestbox services come from postfix/master.cf")
-        try startPostfix()
     }
 
     // MARK: - the cases
@@ -178,46 +147,5 @@ final class PostfixPipeTests: PostfixTestCase {
         XCTAssertEqual(filesContaining(token, under: mailRoot), ["domain/\(Self.virtualDomain)/dave/new/\(found)"])
         let text = Harness.read("\(mailRoot)/domain/\(Self.virtualDomain)/dave/new/\(found)")
         XCTAssertTrue(text.hasPrefix("Return-Path: <\(Self.sender)>\n"), String(text.prefix(400)))
-    }
-
-    // MARK: - the sample's services
-
-    /// The `nestbox*` service entries of the sample master.cf, each with its continuation lines.
-    static func sampleServices(_ path: String) throws -> [String: [String]] {
-        let text = try String(contentsOfFile: path, encoding: .utf8)
-        var out: [String: [String]] = [:]
-        var current: String? = nil
-        for line in text.components(separatedBy: "\n") {
-            let trimmed = line.trimmingCharacters(in: .whitespaces)
-            if trimmed.hasPrefix("#") { continue }
-            if trimmed.isEmpty { current = nil; continue }
-            if line.first == " " || line.first == "\t" {
-                if let c = current { out[c, default: []].append(line) }
-                continue
-            }
-            let name = String(line.split(separator: " ", maxSplits: 1)[0].split(separator: "\t")[0])
-            current = name
-            out[name] = [line]
-        }
-        return out
-    }
-
-    /// The sample's nestbox services with the program replaced by `program -C <test config>`.
-    func sampleNestboxServices(program: String) throws -> String {
-        let samplePath = "\(Harness.packageRoot)/postfix/master.cf"
-        let services = try Self.sampleServices(samplePath)
-        var nestbox = ""
-        for name in ["nestbox", "nestbox-virtual"] {
-            guard let lines = services[name] else {
-                throw failure("\(samplePath) has no \(name) service: \(services.keys.sorted())")
-            }
-            let entry = lines.joined(separator: "\n")
-            guard let argv = entry.range(of: #"argv=\S+"#, options: .regularExpression) else {
-                throw failure("\(samplePath): \(name) has no argv=: \(entry)")
-            }
-            XCTAssertTrue(entry[argv].hasSuffix("/nestbox-deliver"), "sample argv program: \(entry[argv])")
-            nestbox += entry.replacingCharacters(in: argv, with: "argv=\(program) -C \(nestboxConf)") + "\n"
-        }
-        return nestbox
     }
 }
