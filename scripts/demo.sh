@@ -6,6 +6,8 @@ set -eu
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 find_swift
+# The store links libsasl2 and Berkeley DB (autocreate_users: sasldb).
+apt_install libsasl2-dev libdb5.3-dev
 swift build --product nestbox-deliver >/dev/null
 bin=.build/debug/nestbox-deliver
 root="$PWD/demo-mail"

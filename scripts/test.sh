@@ -9,7 +9,7 @@ set -eu
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 find_swift
-apt_install postfix dovecot-core dovecot-imapd swaks groff-base python3 time strace jq python3-prometheus-client
+apt_install postfix dovecot-core dovecot-imapd swaks groff-base python3 time strace jq python3-prometheus-client libsasl2-dev libdb5.3-dev sasl2-bin libsasl2-modules
 ensure_vmail
 swift build --build-tests
 # XCTest only (the suite has no Swift Testing tests); the summary line at the end counts the
