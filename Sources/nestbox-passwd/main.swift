@@ -44,7 +44,7 @@ let spec = OptionSpec(
     78 configuration error (see nestbox-passwd(8)).
     """)
 
-let tool = Tool(spec, reporting: .commandLine).start()
+let tool = Tool(spec, reporting: .standardError).start()
 let config = tool.config
 let parsed = tool.options
 let path = parsed.value("file") ?? config.string("sasl_sasldb_path")
