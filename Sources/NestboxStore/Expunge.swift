@@ -60,9 +60,11 @@ extension Folder {
             session.keepAlive()
             guard let gonePath = try unlinkMessage(m) else { continue }
             var m = m
-            m.path = gonePath
-            m.subdirectory = Files.baseName(Files.directoryName(gonePath))
-            m.name = MaildirName(Files.baseName(gonePath))
+            if gonePath != m.path {  // renamed meanwhile (a flag change): as it was found
+                m.path = gonePath
+                m.subdirectory = Files.baseName(Files.directoryName(gonePath))
+                m.name = MaildirName(Files.baseName(gonePath))
+            }
             removed.append(m)
             bytes += m.name.size ?? max(m.size, 0)
             touched.insert(m.subdirectory)
@@ -72,7 +74,7 @@ extension Folder {
         // file was already missing (never one whose file still exists under another name).
         var uids = Set(removed.compactMap(\.uid))
         for r in scan.missingFiles where wanted.contains(r.uid) { uids.insert(r.uid) }
-        let records = try session.remove(uids: uids)
+        let records = try session.remove(uids: uids, read: scan.list)  // read under this same lock
         let count = Int64(removed.count)
         if count > 0 {
             do {

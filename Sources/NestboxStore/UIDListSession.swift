@@ -117,11 +117,12 @@ public final class UIDListSession {
     /// Replaces the list with `list`, through `dovecot-uidlist.tmp`, fdatasync and rename. Refused
     /// (nothing written) when it would make Dovecot discard the list: another UIDVALIDITY than
     /// the one on disk, a lower N than the effective next UID on disk, UIDs not increasing or
-    /// out of range, or a bad file name.
-    public func rewrite(_ list: UIDList) throws {
+    /// out of range, or a bad file name. `onDisk`: the list as this session last read it (the
+    /// lock has been held since, so it is still what is on disk); nil: read it again.
+    public func rewrite(_ list: UIDList, onDisk: UIDList? = nil) throws {
         requireOpen()
         var list = list
-        if let old = try file.read() {
+        if let old = try onDisk ?? file.read() {
             guard old.header.uidValidity == list.header.uidValidity else {
                 throw NestboxFailure(.temporary, "\(file.path): rewrite with UIDVALIDITY \(list.header.uidValidity) refused (on disk: \(old.header.uidValidity))")
             }
@@ -137,17 +138,19 @@ public final class UIDListSession {
 
     /// Removes the records of `uids` (those the list holds), keeping every other record, the
     /// UIDVALIDITY and N (which never goes down: the removed UIDs are never given again).
-    /// Returns the records removed.
+    /// Returns the records removed. `read`: the list as this session read it (see `rewrite`),
+    /// so a large list is not parsed again; nil: read it now.
     @discardableResult
-    public func remove(uids: Set<UInt32>) throws -> [UIDList.Record] {
+    public func remove(uids: Set<UInt32>, read: UIDList? = nil) throws -> [UIDList.Record] {
         requireOpen()
-        guard !uids.isEmpty, var list = try file.read() else { return [] }
+        guard !uids.isEmpty, var list = try read ?? file.read() else { return [] }
+        let onDisk = list
         let next = list.nextUID
         let removed = list.records.filter { uids.contains($0.uid) }
         guard !removed.isEmpty else { return [] }
         list.records.removeAll { uids.contains($0.uid) }
         list.header.nextUID = next
-        try rewrite(list)
+        try rewrite(list, onDisk: onDisk)
         return removed
     }
 
