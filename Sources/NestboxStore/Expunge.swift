@@ -52,7 +52,7 @@ extension Folder {
         _ = try checkLinks()  // nothing is unlinked through a symbolic link below the mail root
         let session = try beginUIDListSession(options: options)
         defer { session.finish() }
-        let scan = try FolderScan.scan(self, session: session, readFiles: false)
+        let scan = try FolderScan.scan(self, session: session, readFiles: false, trustNames: true)
         var removed: [ScannedMessage] = []
         var bytes: Int64 = 0
         var touched: Set<String> = []

@@ -66,20 +66,31 @@ public struct FolderScan: Equatable, Sendable {
 
     /// Scans `folder`. With `session`, the list is read through it (the caller holds the lock);
     /// otherwise without a lock, as a reader. `readFiles` reads every file to check `,W=` (and
-    /// to find a missing one); without it only `,S=` is checked, by stat.
-    public static func scan(_ folder: Folder, session: UIDListSession? = nil, readFiles: Bool = true) throws -> FolderScan {
+    /// to find a missing one); without it only `,S=` is checked, by stat. `trustNames` (without
+    /// `readFiles`): a file the directory lists as regular and whose name has `,S=` is not
+    /// stat'ed, its size taken from the name (no wrong `,S=` is found then): for expunge, which
+    /// counts the quota by the names anyway, over folders of 100k files.
+    public static func scan(_ folder: Folder, session: UIDListSession? = nil, readFiles: Bool = true,
+                            trustNames: Bool = false) throws -> FolderScan {
         let list = try session?.read() ?? folder.uidList.read()
         let uids = list?.uidsByStem() ?? [:]
         var messages: [ScannedMessage] = []
         var wrong: [WrongSize] = []
         for sub in ["new", "cur"] {
             let dir = "\(folder.path)/\(sub)"
-            for fileName in try Files.list(dir) ?? [] where MaildirName.isMessageName(fileName) {
+            try Files.forEachEntry(dir) { rawName, _, type, _ in
+                let fileName = String(cString: rawName)
+                guard MaildirName.isMessageName(fileName) else { return }
                 session?.keepAlive()
                 let name = MaildirName(fileName)
                 let path = "\(dir)/\(fileName)"
-                guard let st = try Files.status(path), (st.st_mode & S_IFMT) == S_IFREG else { continue }
-                let size = Int64(st.st_size)
+                let size: Int64
+                if trustNames && !readFiles && type == UInt8(DT_REG), let named = name.size {
+                    size = named
+                } else {
+                    guard let st = try Files.status(path), (st.st_mode & S_IFMT) == S_IFREG else { return }
+                    size = Int64(st.st_size)
+                }
                 var virtual: Int64? = nil
                 if readFiles { virtual = try virtualSize(path) }
                 let m = ScannedMessage(uid: uids[name.stem], subdirectory: sub, name: name, path: path,

@@ -181,7 +181,7 @@ extension Folder {
         }
         if dryRun {
             _ = try checkLinks()
-            for m in try FolderScan.scan(self, readFiles: false).messages where choose(m) {
+            for m in try FolderScan.scan(self, readFiles: false, trustNames: true).messages where choose(m) {
                 report.expunged.add(PurgeTally(bytes: m.quotaBytes, messages: 1))
                 report.removed.append(m.purgeLine)
             }
