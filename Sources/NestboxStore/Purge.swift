@@ -291,8 +291,23 @@ public enum MessageHeader {
     public static func date(ofFile path: String) -> Int64? {
         guard let fd = try? Files.openForReading(path) else { return nil }
         defer { close(fd) }
-        guard let bytes = try? Files.pread(fd, count: 65536, offset: 0, path: path) else { return nil }
-        return field("date", in: bytes).flatMap(RFC5322Date.parse)
+        // 8 KiB holds almost every header; a longer one is read again, up to 64 KiB.
+        for count in [8192, 65536] {
+            guard let bytes = try? Files.pread(fd, count: count, offset: 0, path: path) else { return nil }
+            if let value = field("date", in: bytes) { return RFC5322Date.parse(value) }
+            if bytes.count < count || headerEnds(in: bytes) { return nil }
+        }
+        return nil
+    }
+
+    /// Whether `bytes` hold the empty line that ends the header (LF or CRLF line ends).
+    static func headerEnds(in bytes: [UInt8]) -> Bool {
+        var previous: UInt8 = 0
+        for b in bytes where b != 13 {
+            if b == 10 && previous == 10 { return true }
+            previous = b
+        }
+        return false
     }
 
     /// The unfolded value of the first header field `name` (lower case) of `message`.

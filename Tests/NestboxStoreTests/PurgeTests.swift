@@ -188,6 +188,14 @@ final class PurgeTests: TempDirTestCase {
         let header = Array("Subject: x\r\nDATE: Fri, 15 Jan 2027\r\n 08:00:00 +0000\r\nX: y\r\n\r\nDate: not this\n".utf8)
         XCTAssertEqual(MessageHeader.field("date", in: header), " Fri, 15 Jan 2027  08:00:00 +0000")
         XCTAssertNil(MessageHeader.field("date", in: Array("Subject: x\n\nDate: in the body\n".utf8)))
+        // Read from files: a Date: after 8 KiB of header is found; one in the body is not.
+        let long = "\(dir)/long"
+        TestFS.write(long, "X-Long: " + String(repeating: "x", count: 9000) + "\nDate: Fri, 15 Jan 2027 08:00:00 +0000\n\nbody\n")
+        XCTAssertEqual(MessageHeader.date(ofFile: long), 1_800_000_000)
+        let body = "\(dir)/body"
+        TestFS.write(body, "Subject: x\r\n\r\nDate: Fri, 15 Jan 2027 08:00:00 +0000\r\n")
+        XCTAssertNil(MessageHeader.date(ofFile: body))
+        XCTAssertNil(MessageHeader.date(ofFile: "\(dir)/missing"))
     }
 
     /// A dry run reports what the real run then removes, and changes nothing meanwhile; the real
