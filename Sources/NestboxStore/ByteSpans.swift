@@ -39,13 +39,12 @@ extension Array where Element == UInt8 {
 
     /// The first `byte` in `s`, or nil.
     func firstIndex(of byte: UInt8, in s: Span) -> Int? {
-        var i = Int(s.start)
-        let end = Int(s.end)
-        while i < end {
-            if self[i] == byte { return i }
-            i += 1
+        guard !s.isEmpty else { return nil }
+        return withUnsafeBufferPointer { buf in
+            let start = UnsafeRawPointer(buf.baseAddress! + Int(s.start))
+            guard let hit = memchr(start, Int32(byte), s.count) else { return nil }
+            return Int(s.start) + (UnsafeRawPointer(hit) - start)
         }
-        return nil
     }
 
     /// memcmp order of two spans (shorter first on a common prefix): the order of Swift's `<`
@@ -109,14 +108,28 @@ struct SpanTable {
 
     var count: Int { spans.count }
 
+    /// Eight bytes at a time, multiplied and folded (the names share long prefixes, so every
+    /// byte must count; the table is not exposed to chosen keys beyond what a mailbox holds).
     static func hash(_ s: Span, in arena: [UInt8]) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        arena.withUnsafeBufferPointer { buf in
-            for i in Int(s.start)..<Int(s.end) {
-                h = (h ^ UInt64(buf[i])) &* 0x0000_0100_0000_01b3
+        arena.withUnsafeBytes { raw in
+            var h: UInt64 = 0x9e37_79b9_7f4a_7c15 ^ UInt64(s.count)
+            var i = Int(s.start)
+            let end = Int(s.end)
+            while i + 8 <= end {
+                h = (h ^ raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) &* 0xff51_afd7_ed55_8ccd
+                h ^= h >> 32
+                i += 8
             }
+            var tail: UInt64 = 0
+            var shift: UInt64 = 0
+            while i < end {
+                tail |= UInt64(raw[i]) << shift
+                shift += 8
+                i += 1
+            }
+            h = (h ^ tail) &* 0xc4ce_b9fe_1a85_ec53
+            return h ^ (h >> 29)
         }
-        return h
     }
 
     /// The slot of the bytes of `s`, nil when absent.

@@ -339,8 +339,9 @@ struct ReconstructRun {
     var dry: Bool { options.dryRun }
     var path: String { folder.path }
 
-    mutating func report(_ what: String, _ path: String, done: String, would: String, repaired: Bool = true) {
-        problems.append(ReconstructProblem(what: what, path: path, action: dry ? would : done, repaired: dry ? false : repaired))
+    mutating func report(_ what: String, _ path: String, done: @autoclosure () -> String, would: @autoclosure () -> String,
+                         repaired: Bool = true) {
+        problems.append(ReconstructProblem(what: what, path: path, action: dry ? would() : done(), repaired: dry ? false : repaired))
     }
 
     // MARK: Directories
@@ -405,7 +406,7 @@ struct ReconstructRun {
         // Read with room for the files' names (about as long as the records), which follow the
         // list's bytes in the arena.
         var recovered = RecoveredUIDList.parse(try Files.read(listPath, limit: 1 << 30) {
-            $0 + $0 / 8 + (1 << 16)
+            $0 + (1 << 16)
         })
         arena = recovered.bytes
         recovered.bytes = []
@@ -462,8 +463,9 @@ struct ReconstructRun {
             for (i, r) in records.enumerated() {
                 let slot = Int(stemSlot[i])
                 guard let first = byUID[r.uid], first != slot, holder[slot] == Int32(i) else { continue }
-                report("uidlist line \(r.line): uid \(r.uid) names both \(arena.string(stems.spans[first])) and \(arena.string(r.stem))", listPath,
-                       done: "kept for \(arena.string(stems.spans[first]))", would: "would keep for \(arena.string(stems.spans[first]))")
+                let firstStem = arena.string(stems.spans[first])
+                report("uidlist line \(r.line): uid \(r.uid) names both \(firstStem) and \(arena.string(r.stem))", listPath,
+                       done: "kept for \(firstStem)", would: "would keep for \(firstStem)")
                 holder[slot] = -1
                 listChanged = true
             }
@@ -499,7 +501,7 @@ struct ReconstructRun {
                     if files[a].sub != files[b].sub { return files[a].sub < files[b].sub }  // cur/ first
                     return arena.compare(files[a].name, files[b].name) < 0
                 }!
-                for i in indexes where i != keeper {
+                for i in indexes.sorted(by: { arena.compare(files[$0].name, files[$1].name) < 0 }) where i != keeper {
                     let newBase = MaildirName.newBase(host: Host.name)
                     files[i].fixes.newBase = newBase
                     fresh.insert(i)
@@ -561,7 +563,7 @@ struct ReconstructRun {
                 records.append(RawRecord(uid: record.uid, line: record.line, name: stem, stem: stem, extensions: Span(0, 0)))
                 listChanged = true
             }
-            files[i].name = newName
+            files[i].named(newName, in: arena)
             files[i].fix = nil
         }
         for sub in renamedIn.sorted() { try Files.fsyncDirectory("\(path)/\(sub)") }
@@ -783,9 +785,10 @@ struct ReconstructRun {
             var virtualSize: Int64?
         }
 
-        init(sub: String, name: Span) {
+        init(sub: String, name: Span, in arena: [UInt8]) {
             self.sub = sub == "cur" ? 0 : 1
             self.name = name
+            named(name, in: arena)
         }
 
         var subdirectory: String { sub == 0 ? "cur" : "new" }
@@ -802,15 +805,23 @@ struct ReconstructRun {
             }
         }
 
+        /// Where the stem (the part before `:`) and the base (the stem up to its first `,`) end,
+        /// found once (`named`).
+        var stemEnd: Int32 = 0
+        var baseEnd: Int32 = 0
+
         /// The part before `:`.
-        func stem(_ arena: [UInt8]) -> Span {
-            Span(Int(name.start), arena.firstIndex(of: UInt8(ascii: ":"), in: name) ?? Int(name.end))
-        }
+        func stem(_ arena: [UInt8]) -> Span { Span(Int(name.start), Int(stemEnd)) }
 
         /// The stem up to its first `,`.
-        func base(_ arena: [UInt8]) -> Span {
-            let stem = stem(arena)
-            return Span(Int(stem.start), arena.firstIndex(of: UInt8(ascii: ","), in: stem) ?? Int(stem.end))
+        func base(_ arena: [UInt8]) -> Span { Span(Int(name.start), Int(baseEnd)) }
+
+        /// Gives the entry the name `span` of `arena`.
+        mutating func named(_ span: Span, in arena: [UInt8]) {
+            name = span
+            let stem = arena.firstIndex(of: UInt8(ascii: ":"), in: span) ?? Int(span.end)
+            stemEnd = Int32(stem)
+            baseEnd = Int32(arena.firstIndex(of: UInt8(ascii: ","), in: Span(Int(span.start), stem)) ?? stem)
         }
 
         var needsRename: Bool { fix != nil }
@@ -849,28 +860,60 @@ struct ReconstructRun {
             var arena = self.arena
             self.arena = []
             defer { self.arena = arena }
-            try Files.forEachEntry(dir) { name, count, _, fd in
+            // The names first (each followed by a NUL in the arena, outside its span, so that
+            // it can be passed to fstatat), then their status, in parallel threads for a large
+            // directory: the stat calls are most of a default check's time.
+            guard let dirFD = try Files.openDirectory(dir) else { continue }
+            defer { close(dirFD) }
+            var unstated: [Int] = []
+            try Files.forEachEntry(dir) { name, count, _, _ in
                 if entries.count & 1023 == 0 { session.keepAlive() }
-                let span = name.withMemoryRebound(to: UInt8.self, capacity: count) {
+                let span = name.withMemoryRebound(to: UInt8.self, capacity: count + 1) {
                     arena.appendSpan(UnsafeBufferPointer(start: $0, count: count))
                 }
+                arena.append(0)
                 let message = name[0] != 46  // not a dot name (never empty)
-                if trustNames && message {
-                    entries.append((span, true, S_IFREG, -1))
-                    return
-                }
-                var st = stat()
-                if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 {
-                    if errno == ENOENT { return }  // gone meanwhile
-                    throw NestboxFailure.system("stat", "\(dir)/\(String(cString: name))")
-                }
-                entries.append((span, message, st.st_mode, Int64(st.st_size)))
+                if !(trustNames && message) { unstated.append(entries.count) }
+                entries.append((span, message, S_IFREG, -1))
             }
+            var failure: (Int32, Int)? = nil
+            var gone = Set<Int>()
+            arena.withUnsafeBufferPointer { names in
+                entries.withUnsafeMutableBufferPointer { slots in
+                    let results = Files.parallelMap(unstated.count, minimumPerThread: 4096) { k -> (code: Int32, mode: mode_t, size: Int64) in
+                        let e = slots[unstated[k]]
+                        var st = stat()
+                        let p = UnsafeRawPointer(names.baseAddress! + Int(e.name.start)).assumingMemoryBound(to: CChar.self)
+                        if fstatat(dirFD, p, &st, AT_SYMLINK_NOFOLLOW) != 0 { return (errno, 0, 0) }
+                        return (0, st.st_mode, Int64(st.st_size))
+                    }
+                    for (k, r) in results.enumerated() {
+                        let i = unstated[k]
+                        if r.code == ENOENT { gone.insert(i); continue }  // gone meanwhile
+                        if r.code != 0 { if failure == nil { failure = (r.code, i) }; continue }
+                        slots[i].mode = r.mode
+                        slots[i].size = r.size
+                    }
+                }
+            }
+            if let (code, i) = failure {
+                errno = code
+                throw NestboxFailure.system("stat", "\(dir)/\(arena.string(entries[i].name))")
+            }
+            if !gone.isEmpty { entries = entries.enumerated().filter { !gone.contains($0.offset) }.map(\.element) }
             self.arena = arena
-            let sorted = arena
-            entries.sort { sorted.compare($0.name, $1.name) < 0 }
+            // Name order only matters for the order of report lines: sorted when some entry
+            // may be reported (odd, empty, sizes to read or fix), not for a clean directory.
+            let names = arena
+            let mayReport = options.rereadMessages || entries.contains { e in
+                if trustNames && e.message && e.size < 0 { return false }
+                guard e.message, (e.mode & S_IFMT) == S_IFREG, e.size > 0 else { return true }
+                let stem = Span(Int(e.name.start), names.firstIndex(of: UInt8(ascii: ":"), in: e.name) ?? Int(e.name.end))
+                return names.maildirField(UInt8(ascii: "W"), in: stem) == nil || names.maildirField(UInt8(ascii: "S"), in: stem) != e.size
+            }
+            if mayReport { entries.sort { names.compare($0.name, $1.name) < 0 } }
             for e in entries {
-                var entry = FileEntry(sub: sub, name: e.name)
+                var entry = FileEntry(sub: sub, name: e.name, in: arena)
                 if trustNames && e.message && e.size < 0 {
                     out.append(entry)
                     continue

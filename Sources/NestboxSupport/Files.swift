@@ -319,6 +319,53 @@ public enum Files {
         }
     }
 
+    /// A directory opened for *at calls (O_DIRECTORY, not following a link at its last
+    /// level); nil when it does not exist.
+    public static func openDirectory(_ path: String) throws -> Int32? {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0 {
+            if errno == ENOENT { return nil }
+            throw NestboxFailure.system("open", path)
+        }
+        return fd
+    }
+
+    /// `body(0..<count)` in up to as many threads as the machine has cores (each taking a
+    /// contiguous share of at least `minimumPerThread`), results in order. For independent
+    /// system calls over many files (stat of a whole folder), where the kernel work, not the
+    /// caller, is the cost. `body` must not touch shared mutable state.
+    public static func parallelMap<T>(_ count: Int, minimumPerThread: Int, _ body: (Int) -> T) -> [T] {
+        let cores = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        let threads = max(1, min(cores, 8, count / max(1, minimumPerThread)))
+        if threads == 1 { return (0..<count).map(body) }
+        return withoutActuallyEscaping(body) { body in
+            var results = [T?](repeating: nil, count: count)
+            results.withUnsafeMutableBufferPointer { buffer in
+                let out = buffer
+                let share = (count + threads - 1) / threads
+                var ids: [pthread_t] = []
+                for t in 1..<threads {
+                    let range = (t * share)..<min(count, (t + 1) * share)
+                    let job = ThreadJob { for k in range { out[k] = body(k) } }
+                    var id = pthread_t()
+                    let box = Unmanaged.passRetained(job).toOpaque()
+                    if pthread_create(&id, nil, { arg in
+                        Unmanaged<ThreadJob>.fromOpaque(arg!).takeRetainedValue().run()
+                        return nil
+                    }, box) == 0 {
+                        ids.append(id)
+                    } else {
+                        Unmanaged<ThreadJob>.fromOpaque(box).release()
+                        for k in range { out[k] = body(k) }  // no thread: do it here
+                    }
+                }
+                for k in 0..<min(count, share) { out[k] = body(k) }
+                for id in ids { pthread_join(id, nil) }
+            }
+            return results.map { $0! }
+        }
+    }
+
     /// The names in a directory except "." and "..", unsorted. nil when it does not exist.
     public static func list(_ path: String) throws -> [String]? {
         guard let dir = opendir(path) else {
@@ -349,6 +396,12 @@ public enum Files {
         guard let slash = path.lastIndex(of: "/") else { return path }
         return String(path[path.index(after: slash)...])
     }
+}
+
+/// One thread's share of Files.parallelMap.
+private final class ThreadJob {
+    let run: () -> Void
+    init(_ run: @escaping () -> Void) { self.run = run }
 }
 
 enum KnownDirectories {

@@ -41,7 +41,8 @@ public final class MailboxLoop {
     /// A report line on standard output.
     public func say(_ text: String) {
         if progress { fputs("\r\u{1B}[K", stderr) }
-        print(text)
+        fputs(text, stdout)
+        fputc(10, stdout)
         // Line by line only beside a progress display: one write per line costs as much as the
         // rest of a repair that reports every message of a large folder.
         if progress { fflush(stdout) }
