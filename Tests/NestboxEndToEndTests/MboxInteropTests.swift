@@ -142,4 +142,74 @@ final class MboxInteropTests: PostfixTestCase {
         let maillog = Harness.read(maillog).split(separator: "\n").filter { $0.contains("warning") || $0.contains("error") }
         XCTAssertEqual(maillog, [], logTail())
     }
+
+    /// 1000 messages delivered by Postfix local(8) into the mbox while nestbox-purge --mbox runs
+    /// again and again, one run in four killed with SIGKILL at a random instant: every message
+    /// not marked \Deleted by its sender (X-Status: D, every third) is in the file exactly once at
+    /// the end, every marked one is gone, and no lock or temporary file is left.
+    func testPurgesRacingPostfixDeliveriesAndKillsLoseNothing() throws {
+        let total = 1000
+        let rcpt = "\(Self.user)@\(Self.localDomain)"
+        let nbRoot = "\(base)/nestbox"
+        try makeDir(nbRoot)
+        try Harness.chownToMailOwner(nbRoot)
+        let conf = try Harness.writeConfig(in: base, ["partition-default": nbRoot, "mbox_write_locks": "dotlock fcntl",
+                                                      "lock_timeout": "60"])
+        let messages = "\(base)/messages"
+        try makeDir(messages)
+        for n in 0..<total {
+            let deleted = n % 3 == 0 ? "X-Status: D\n" : ""
+            try "From: \(Self.sender)\nTo: \(rcpt)\nSubject: racing \(n)\nMessage-ID: <race\(n)@example.org>\n\(deleted)\nbody \(n)\n"
+                .write(toFile: "\(messages)/\(n)", atomically: false, encoding: .utf8)
+        }
+        let sender = Process()
+        sender.executableURL = URL(fileURLWithPath: "/bin/sh")
+        sender.arguments = ["-c", "for f in \(messages)/*; do /usr/sbin/sendmail -C \(configDir) -f \(Self.sender) \(rcpt) < $f || echo \"failed $f\"; done; echo sent"]
+        let senderOut = Pipe()
+        sender.standardOutput = senderOut
+        try sender.run()
+
+        func purge() throws -> Process {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: Harness.binary("nestbox-purge"))
+            p.arguments = ["-C", conf, "-q", "--mbox", mbox]
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            return p
+        }
+        func delivered() -> Int {
+            Harness.read(maillog).split(separator: "\n").filter { $0.contains("to=<\(rcpt)>") && $0.contains("status=sent") }.count
+        }
+        var runs = 0, kills = 0
+        let deadline = Date().addingTimeInterval(240)
+        while (sender.isRunning || delivered() < total) && Date() < deadline {
+            let p = try purge()
+            if runs % 4 == 3 {
+                usleep(UInt32.random(in: 0...40_000))
+                if p.isRunning { kill(p.processIdentifier, SIGKILL); kills += 1 }
+            }
+            p.waitUntilExit()
+            if p.terminationReason == .exit { XCTAssertTrue([0, 67].contains(p.terminationStatus), "purge exited \(p.terminationStatus)") }
+            runs += 1
+        }
+        sender.waitUntilExit()
+        XCTAssertEqual(String(decoding: senderOut.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self), "sent\n")
+        XCTAssertEqual(delivered(), total, logTail())
+        let last = try purge()
+        last.waitUntilExit()
+        XCTAssertEqual(last.terminationStatus, 0)
+        XCTAssertGreaterThan(runs, 10)
+        XCTAssertGreaterThan(kills, 0)
+
+        let left = try Mbox.scan(path: mbox)
+        let ids = left.compactMap(\.messageID)
+        XCTAssertEqual(ids.count, left.count)
+        XCTAssertEqual(Set(ids).count, ids.count, "a message is in the file twice")
+        let expected = Set((0..<total).filter { $0 % 3 != 0 }.map { "<race\($0)@example.org>" })
+        XCTAssertEqual(Set(ids), expected, "missing: \(expected.subtracting(ids).sorted().prefix(5))")
+        XCTAssertFalse(left.contains { $0.deleted })
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: spool).sorted(), [Self.user],
+                       "no lock or temporary file left")
+    }
 }

@@ -198,7 +198,7 @@ final class PurgeInteropTests: PurgeTestCase {
         _ = try dovecot.doveadm(["flags", "add", "\\Deleted", "mailbox", "INBOX", "uid", "1:20"])
         try Harness.chownTreeToMailOwner(fixture.root)
 
-        let deliveries = 300
+        let deliveries = 1000
         let script = """
         i=1000
         while [ $i -lt \(1000 + deliveries) ]; do
