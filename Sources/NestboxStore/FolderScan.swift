@@ -105,9 +105,15 @@ public struct FolderScan: Equatable, Sendable {
         messages.sort { ($0.uid ?? UInt32.max, $0.name.stem) < ($1.uid ?? UInt32.max, $1.name.stem) }
         let present = Set(messages.map { $0.name.stem })
         let missing = (list?.records ?? []).filter { !present.contains($0.stem) }
+        // Counted first: an array per base would be one allocation per message.
+        var baseCount: [String: Int] = [:]
+        baseCount.reserveCapacity(messages.count)
+        for m in messages { baseCount[m.name.base, default: 0] += 1 }
         var byBase: [String: [ScannedMessage]] = [:]
-        for m in messages { byBase[m.name.base, default: []].append(m) }
-        let duplicates = byBase.values.filter { $0.count > 1 }.sorted { $0[0].name.base < $1[0].name.base }
+        if baseCount.values.contains(where: { $0 > 1 }) {
+            for m in messages where baseCount[m.name.base]! > 1 { byBase[m.name.base, default: []].append(m) }
+        }
+        let duplicates = byBase.values.sorted { $0[0].name.base < $1[0].name.base }
         return FolderScan(list: list, messages: messages, missingFiles: missing,
                           unrecorded: messages.filter { $0.uid == nil }, duplicateBases: duplicates,
                           wrongSizes: wrong)

@@ -46,7 +46,8 @@ public struct MaildirName: Equatable, Sendable {
 
     /// The unique base (stem before its first `,`).
     public var base: String {
-        if let comma = stem.firstIndex(of: ",") { return String(stem[..<comma]) }
+        // Searched as bytes (`,` is ASCII): Character search is many times slower.
+        if let comma = stem.utf8.firstIndex(of: UInt8(ascii: ",")) { return String(stem[..<comma]) }
         return stem
     }
 
@@ -93,12 +94,12 @@ public struct MaildirName: Equatable, Sendable {
     /// The flag letters (before any second `,` of the info).
     public var flagLetters: String {
         guard let info else { return "" }
-        if let comma = info.firstIndex(of: ",") { return String(info[..<comma]) }
+        if let comma = info.utf8.firstIndex(of: UInt8(ascii: ",")) { return String(info[..<comma]) }
         return info
     }
 
     private var infoExtra: String {
-        guard let info, let comma = info.firstIndex(of: ",") else { return "" }
+        guard let info, let comma = info.utf8.firstIndex(of: UInt8(ascii: ",")) else { return "" }
         return String(info[comma...])
     }
 
