@@ -31,14 +31,24 @@ extension LMTPServer {
             }
             return names
         }
+        // Everything the configuration says is checked before any socket is touched: a second
+        // start that is refused must leave the running server's socket alone.
+        let socketAccount = try preflight()
         if !config.lmtpSocket.isEmpty {
             let path = config.lmtpSocket
             let dir = Files.directoryName(path)
             if !Files.isDirectory(dir) {
                 try Files.makeDirectory(dir, mode: 0o755)
+                // Ours: the mail owner may then remove its socket at a clean stop.
+                if geteuid() == 0, let owner = Privileges.lookup(config.mailOwner) {
+                    if chown(dir, owner.uid, owner.gid) != 0 { throw NestboxFailure.system("chown", dir) }
+                }
             }
-            listeners.append(try bootstrap().bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).wait())
-            try secureSocket(path)
+            try LMTPServer.claimSocketPath(path)
+            listeners.append(try bootstrap().bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).wait())
+            try secureSocket(path, socketAccount)
+            var st = stat()
+            if lstat(path, &st) == 0 { boundSocket = (path, st.st_ino) }
             names.append("unix:\(path)")
         }
         for l in config.lmtpListeners {
@@ -58,9 +68,13 @@ extension LMTPServer {
         for l in listeners { try l.setOption(ChannelOptions.autoRead, value: true).wait() }
     }
 
-    func secureSocket(_ path: String) throws {
-        if chmod(path, mode_t(config.lmtpSocketMode)) != 0 { throw NestboxFailure.system("chmod", path) }
-        guard geteuid() == 0 else { return }
+    /// The accounts the configuration names, looked up before anything is bound (as root):
+    /// `mail_owner`, and the socket's owner and group. Returns the socket's uid and gid.
+    func preflight() throws -> (uid: uid_t, gid: gid_t)? {
+        guard geteuid() == 0 else { return nil }
+        guard Privileges.lookup(config.mailOwner) != nil else {
+            throw NestboxFailure(.config, "mail_owner \(config.mailOwner): no such user")
+        }
         guard let owner = Privileges.lookup(config.lmtpSocketOwner) else {
             throw NestboxFailure(.config, "lmtpsocket_owner \(config.lmtpSocketOwner): no such user")
         }
@@ -71,7 +85,64 @@ extension LMTPServer {
             }
             gid = g.pointee.gr_gid
         }
-        if chown(path, owner.uid, gid) != 0 { throw NestboxFailure.system("chown", path) }
+        return (owner.uid, gid)
+    }
+
+    func secureSocket(_ path: String, _ account: (uid: uid_t, gid: gid_t)?) throws {
+        if chmod(path, mode_t(config.lmtpSocketMode)) != 0 { throw NestboxFailure.system("chmod", path) }
+        guard let account else { return }
+        if chown(path, account.uid, account.gid) != 0 { throw NestboxFailure.system("chown", path) }
+    }
+
+    /// Makes `path` free for a new socket: nothing there, or a socket nobody answers on (left
+    /// by a server that died), which is removed. A socket a server answers on is refused (a
+    /// temporary failure: that server is running), and so is anything that is not a socket.
+    static func claimSocketPath(_ path: String) throws {
+        var st = stat()
+        if lstat(path, &st) != 0 {
+            if errno == ENOENT { return }
+            throw NestboxFailure.system("lstat", path)
+        }
+        guard (st.st_mode & S_IFMT) == S_IFSOCK else {
+            throw NestboxFailure(.config, "lmtpsocket \(path): exists and is not a socket; remove it or set another path")
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw NestboxFailure.system("socket", path) }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw NestboxFailure(.config, "lmtpsocket \(path): path too long for a UNIX socket")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        let answered = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        if answered == 0 {
+            throw NestboxFailure(.temporary, "lmtpsocket \(path): a server is answering on it (another nestbox-lmtpd running?); not replacing it")
+        }
+        let code = errno
+        guard code == ECONNREFUSED else {
+            errno = code
+            throw NestboxFailure.system("connect", path)
+        }
+        if unlink(path) != 0 && errno != ENOENT { throw NestboxFailure.system("remove stale socket", path) }
+        Log.info("removed stale socket \(path) (nobody answered on it)")
+    }
+
+    /// Removes the socket bound here, if it is still the same one (not a successor's).
+    func removeBoundSocket() {
+        guard let (path, inode) = boundSocket else { return }
+        var st = stat()
+        guard lstat(path, &st) == 0, st.st_ino == inode, (st.st_mode & S_IFMT) == S_IFSOCK else { return }
+        if unlink(path) != 0 {
+            Log.warning("socket \(path) not removed at stop: \(errnoText(errno)) (its directory must be writable by mail_owner)")
+        }
     }
 
     /// LISTEN_FDS sockets handed over by systemd (fds 3...), when they are meant for us.

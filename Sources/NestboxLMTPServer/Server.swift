@@ -37,6 +37,8 @@ public final class LMTPServer: @unchecked Sendable {
     let pool: NIOThreadPool
     /// Bound by `bind()` (Listeners.swift).
     var listeners: [Channel] = []
+    /// The UNIX socket bound by `bind()` and its inode, removed at a clean stop.
+    var boundSocket: (String, ino_t)? = nil
     private let state = NIOLockedValueBox(State())
     private let finished = DispatchSemaphore(value: 0)
 
@@ -139,6 +141,7 @@ public final class LMTPServer: @unchecked Sendable {
         }
         Log.info("signal \(signal): no longer accepting; finishing \(handlers.count) session(s)")
         for l in listeners { l.close(promise: nil) }
+        removeBoundSocket()
         for h in handlers { h.drain() }
         let empty = state.withLockedValue { $0.connections.isEmpty }
         if empty { finished.signal() }

@@ -310,6 +310,62 @@ final class LMTPServerTests: XCTestCase {
         XCTAssertTrue(server.log.contains("connect from unix socket"), server.log)
     }
 
+    /// The server on `socketPath` greets and answers LHLO.
+    func answers(_ path: String) throws -> Bool {
+        let c = try LMTPConnection(unixPath: path)
+        defer { c.close() }
+        let greeting = try c.readReply()
+        let lhlo = try c.command("LHLO client.example.org")
+        return greeting.hasPrefix("220") && lhlo.hasPrefix("250")
+    }
+
+    func testASecondServerNeverTakesTheSocketOfARunningOne() throws {
+        try startServer()
+        var before = stat()
+        XCTAssertEqual(lstat(socketPath, &before), 0)
+        func second(_ overrides: [String]) throws -> Harness.Result {
+            try Harness.run(Harness.binary("nestbox-lmtpd"), ["-C", fixture.configPath] + overrides.flatMap { ["-o", $0] }
+                            + ["-o", "lmtp_listen="], timeout: 30)
+        }
+        // Same socket: refused at once as temporary, the running server's socket untouched.
+        let again = try second([])
+        XCTAssertEqual(again.status, 75, again.stderr)
+        XCTAssertTrue(again.stderr.contains("a server is answering on it"), again.stderr)
+        // A configuration error is found before any socket is touched.
+        let bad = try second(["mail_owner=nosuch-owner"])
+        XCTAssertEqual(bad.status, 78, bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("mail_owner nosuch-owner: no such user"), bad.stderr)
+        var after = stat()
+        XCTAssertEqual(lstat(socketPath, &after), 0)
+        XCTAssertEqual(after.st_ino, before.st_ino, "the socket is still the running server's")
+        XCTAssertTrue(try answers(socketPath))
+
+        // A clean stop removes its socket (the directory it made belongs to the mail owner).
+        server.signal(SIGTERM)
+        XCTAssertEqual(server.waitForExit(timeout: 20)?.status, 0, server.log)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: socketPath), server.log)
+        var dir = stat()
+        XCTAssertEqual(lstat((socketPath as NSString).deletingLastPathComponent, &dir), 0)
+        XCTAssertEqual(dir.st_uid, getpwnam(Harness.mailOwner)!.pointee.pw_uid)
+
+        // A socket left by a server killed with SIGKILL is stale: the next one replaces it.
+        try server.start()
+        server.signal(SIGKILL)
+        _ = server.waitForExit(timeout: 10)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: socketPath))
+        try server.start()
+        XCTAssertTrue(try answers(socketPath))
+        XCTAssertTrue(server.log.contains("removed stale socket"), server.log)
+
+        // Something else at the path is not removed.
+        server.stop()
+        try? FileManager.default.removeItem(atPath: socketPath)
+        try "not a socket".write(toFile: socketPath, atomically: false, encoding: .utf8)
+        let occupied = try second([])
+        XCTAssertEqual(occupied.status, 78, occupied.stderr)
+        XCTAssertEqual(Harness.read(socketPath), "not a socket")
+    }
+
     func testSocketGroupAndModeFromConfiguration() throws {
         try startServer(["lmtpsocket_group": "postfix", "lmtpsocket_mode": "0620"])
         var st = stat()
