@@ -90,8 +90,24 @@ extension LMTPServer {
 
     func secureSocket(_ path: String, _ account: (uid: uid_t, gid: gid_t)?) throws {
         if chmod(path, mode_t(config.lmtpSocketMode)) != 0 { throw NestboxFailure.system("chmod", path) }
-        guard let account else { return }
-        if chown(path, account.uid, account.gid) != 0 { throw NestboxFailure.system("chown", path) }
+        if let account {
+            if chown(path, account.uid, account.gid) != 0 { throw NestboxFailure.system("chown", path) }
+            return
+        }
+        // Not started as root: the socket is ours; its group can still be one we belong to.
+        // A group that cannot be given is an error, not a detail: Postfix would be refused.
+        let group = config.lmtpSocketGroup
+        guard !group.isEmpty else { return }
+        guard let g = getgrnam(group) else {
+            throw NestboxFailure(.config, "lmtpsocket_group \(group): no such group")
+        }
+        let gid = g.pointee.gr_gid
+        if chown(path, uid_t.max, gid) == 0 { return }
+        let mode = mode_t(config.lmtpSocketMode)
+        if mode & 0o006 == 0o006 { return }  // anyone may connect: the group does not matter
+        throw NestboxFailure(.config, "lmtpsocket_group \(group): cannot give the socket to group \(group) "
+            + "(uid \(getuid()) is not a member; started as root, nestbox-lmtpd sets it itself); "
+            + "members of \(group) could not connect with lmtpsocket_mode \(String(mode, radix: 8))")
     }
 
     /// Makes `path` free for a new socket: nothing there, or a socket nobody answers on (left

@@ -366,6 +366,45 @@ final class LMTPServerTests: XCTestCase {
         XCTAssertEqual(Harness.read(socketPath), "not a socket")
     }
 
+    /// Started as the mail owner (not root), a socket group it cannot give is an error, never
+    /// a socket Postfix would be refused on; a group it belongs to is given.
+    func testSocketGroupThatCannotBeGivenStopsTheStart() throws {
+        try startServer(start: false)
+        let run = (socketPath as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
+        try Harness.chownToMailOwner(run)
+        let owner = getpwnam(Harness.mailOwner)!.pointee
+        /// nestbox-lmtpd started as the mail owner; returns it running, or ended.
+        func startAsOwner(group: String) throws -> (Process, Pipe) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            p.arguments = ["--reuid", Harness.mailOwner, "--regid", Harness.mailOwner, "--clear-groups", "--",
+                           Harness.binary("nestbox-lmtpd"), "-C", fixture.configPath, "-o", "lmtp_listen=",
+                           "-o", "lmtpsocket_group=\(group)"]
+            let err = Pipe()
+            p.standardError = err
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            let deadline = Date().addingTimeInterval(20)
+            while p.isRunning && !Net.canConnect(unixPath: socketPath) && Date() < deadline { usleep(20_000) }
+            return (p, err)
+        }
+        // Not a member of postfix: exit 78 naming the key.
+        let (refused, err) = try startAsOwner(group: "postfix")
+        refused.waitUntilExit()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertEqual(refused.terminationStatus, 78, text)
+        XCTAssertTrue(text.contains("lmtpsocket_group postfix: cannot give the socket to group postfix"), text)
+        // Its own group: it starts, and the socket has that group.
+        let ownGroup = String(cString: getgrgid(owner.pw_gid)!.pointee.gr_name)
+        let (running, _) = try startAsOwner(group: ownGroup)
+        defer { if running.isRunning { kill(running.processIdentifier, SIGKILL); running.waitUntilExit() } }
+        XCTAssertTrue(running.isRunning)
+        var st = stat()
+        XCTAssertEqual(lstat(socketPath, &st), 0)
+        XCTAssertEqual(st.st_gid, owner.pw_gid)
+    }
+
     func testSocketGroupAndModeFromConfiguration() throws {
         try startServer(["lmtpsocket_group": "postfix", "lmtpsocket_mode": "0620"])
         var st = stat()
