@@ -83,7 +83,10 @@ public struct Delivery: Sendable {
         var inboxToCreate: QuotaLimits? = nil
         if !inbox.exists {
             guard config.autocreatePost && config.autocreateQuota >= 0 else {
-                throw NestboxFailure(.userUnknown, "\(r.address): no mailbox at \(root)")
+                // The trap: autocreate_post on, autocreate_quota left at -1 (Cyrus's rule).
+                let why = config.autocreatePost
+                    ? " (autocreate_post is on, but autocreate_quota -1 turns autocreation off: set it to 0 for no limit)" : ""
+                throw NestboxFailure(.userUnknown, "\(r.address): no mailbox at \(root)\(why)")
             }
             if config.autocreateOnlySASLUsers { try requireSASLUser(r) }
             // Created when a message is stored (prepare), not now: a transaction that is

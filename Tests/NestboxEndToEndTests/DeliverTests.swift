@@ -200,6 +200,15 @@ final class DeliverTests: XCTestCase {
         XCTAssertEqual(try f.deliver(["alice@../etc"], sampleMessage).status, 67)
     }
 
+    func testAutocreatePostWithoutAutocreateQuotaSaysWhyNoMailboxWasMade() throws {
+        let f = try DeliverFixture(settings: ["autocreate_post": "yes"])
+        let r = try f.deliver(["newuser"], sampleMessage)
+        XCTAssertEqual(r.status, 67, r.stdout + r.stderr)
+        XCTAssertTrue(r.stderr.contains("autocreate_quota -1 turns autocreation off"), r.stderr)
+        try f.set("autocreate_quota", "0")
+        XCTAssertEqual(try f.deliver(["newuser"], sampleMessage).status, 0)
+    }
+
     func testDuplicateSuppression() throws {
         let f = try DeliverFixture(settings: ["duplicatesuppression": "yes"])
         try f.makeUser("alice")
