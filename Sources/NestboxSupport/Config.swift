@@ -40,6 +40,8 @@ public struct Config: Sendable {
         case wordsFrom([String])
         /// `name=duration[+flagged]` items separated by spaces (`purge_rules`, parseRules).
         case retentionRules
+        /// Empty, `stderr`, or a path starting with `/` (`log_file`).
+        case logFile
     }
 
     public struct Key: Sendable {
@@ -108,6 +110,8 @@ public struct Config: Sendable {
         Key(name: "sasl_sasldb_group", kind: .string, defaultValue: "sasl", summary: "group of a SASL database nestbox-passwd creates (mode 0640, owner root); empty: root's"),
         Key(name: "lock_timeout", kind: .integer, defaultValue: "122", summary: "seconds to wait for a mailbox lock before a temporary failure (Dovecot waits 122)", rules: [.minimum(1)]),
         Key(name: "syslog_facility", kind: .facility, defaultValue: "mail", summary: "syslog facility of log lines"),
+        Key(name: "log_file", kind: .string, defaultValue: "", summary: "empty: log to syslog; `stderr`: to standard error; an absolute path: append to that file (hosts without syslog)",
+            rules: [.logFile]),
     ]
 
     public enum VirtDomains: String, Sendable { case off, userid }
@@ -166,6 +170,12 @@ public struct Config: Sendable {
     /// The locks' wait, as a value to pass down (see Tool.lockPolicy).
     public var lockPolicy: DotLock.Options { DotLock.Options(timeout: lockTimeout) }
     public var syslogFacility: Int32 { Log.facility(named: string("syslog_facility"))! }
+    /// `log_file`: syslog (empty), standard error, or a file.
+    public var logDestination: Log.Destination {
+        let v = string("log_file")
+        if v.isEmpty { return .syslog }
+        return v == "stderr" ? .stderr : .file(v)
+    }
 
     // MARK: Loading
 
@@ -274,6 +284,9 @@ public struct Config: Sendable {
             return outside.map { "\($0) is not a loopback address (LMTP has no authentication here)" }
         case .absolutePathOrEmpty:
             return value.isEmpty ? nil : broken(.absolutePath, value)
+        case .logFile:
+            return value.isEmpty || value == "stderr" || value.hasPrefix("/") ? nil
+                : "expected empty (syslog), stderr or an absolute path, got \"\(value)\""
         case .wordsFrom(let words):
             let bad = value.split(separator: " ").first { !words.contains($0.lowercased()) }
             return bad.map { "expected words from \(words.joined(separator: ", ")), got \"\($0)\"" }

@@ -10,20 +10,47 @@ import Musl
 #endif
 
 public enum Log {
-    public enum Destination: Sendable { case syslog, stderr }
+    /// `file`: lines appended to a file of their own (`log_file`), for hosts without syslog.
+    public enum Destination: Equatable, Sendable { case syslog, stderr, file(String) }
 
     nonisolated(unsafe) private static var program = "nestbox"
     nonisolated(unsafe) private static var destination: Destination = .stderr
     nonisolated(unsafe) private static var identity: UnsafeMutablePointer<CChar>? = nil
+    nonisolated(unsafe) private static var fileDescriptor: Int32 = -1
+
+    /// The socket syslog(3) writes to.
+    public static let syslogSocket = "/dev/log"
 
     /// Sets the program name and destination. syslog's identity string must outlive openlog.
-    public static func setup(program name: String, destination dest: Destination, facility: Int32 = LOG_MAIL) {
+    /// With `fallbackToStandardError`, when syslog cannot be reached (no socket at /dev/log:
+    /// many containers and minimal hosts run no syslog daemon), that is said once on standard
+    /// error and the lines go there instead of being dropped. A log file that cannot be opened is said once too, and the
+    /// lines go to standard error. Returns where the lines really go.
+    @discardableResult
+    public static func setup(program name: String, destination dest: Destination, facility: Int32 = LOG_MAIL,
+                             fallbackToStandardError: Bool = false) -> Destination {
         program = name
         destination = dest
-        if dest == .syslog {
+        switch dest {
+        case .syslog:
+            var st = stat()
+            guard !fallbackToStandardError || (stat(syslogSocket, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK) else {
+                fputs("\(name): syslog is unreachable (no socket at \(syslogSocket)); log lines go to standard error (set log_file to keep them in a file)\n", Glibc.stderr)
+                destination = .stderr
+                return destination
+            }
             identity = strdup(name)
             openlog(identity, LOG_PID | LOG_NDELAY, facility)
+        case .file(let path):
+            fileDescriptor = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o640)
+            if fileDescriptor < 0 {
+                fputs("\(name): log_file \(path): \(String(cString: strerror(errno))); log lines go to standard error\n", Glibc.stderr)
+                destination = .stderr
+            }
+        case .stderr:
+            break
         }
+        return destination
     }
 
     public static func info(_ text: String) { emit(LOG_INFO, text) }
@@ -38,6 +65,15 @@ public enum Log {
         case .stderr:
             let line = "\(program)[\(getpid())]: \(text)\n"
             line.withCString { p in _ = fputs(p, Glibc.stderr) }
+        case .file:
+            // One write per line (O_APPEND): lines of several processes never mix.
+            var now = time(nil)
+            var tm = tm()
+            localtime_r(&now, &tm)
+            var stamp = [CChar](repeating: 0, count: 32)
+            strftime(&stamp, stamp.count, "%b %e %H:%M:%S", &tm)
+            let line = Array("\(String(cString: stamp)) \(Host.name) \(program)[\(getpid())]: \(text)\n".utf8)
+            _ = line.withUnsafeBytes { write(fileDescriptor, $0.baseAddress, $0.count) }
         }
     }
 

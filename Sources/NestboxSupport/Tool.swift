@@ -51,10 +51,14 @@ public final class Tool {
     }
 
     /// Parses `arguments`, loads the configuration and sets up logging; exits on `--help`,
-    /// `--version`, a usage error (64) or a configuration error (78).
+    /// `--version`, a usage error (64) or a configuration error (78). `syslogFallback` (the
+    /// server): with no syslog to reach, say so once on standard error and log there instead.
+    /// Not for nestbox-deliver, whose first output line is the DSN line pipe(8) reads, nor for
+    /// the nightly tools, whose output cron mails.
     @discardableResult
     public func start(_ arguments: [String] = Array(CommandLine.arguments.dropFirst()),
-                      environment: [String: String] = Config.currentEnvironment()) -> Tool {
+                      environment: [String: String] = Config.currentEnvironment(),
+                      syslogFallback: Bool = false) -> Tool {
         do {
             options = try spec.parse(arguments)
         } catch let f as NestboxFailure {
@@ -74,9 +78,9 @@ public final class Tool {
             finish(.config, detail: "\(error)")
         }
         lockPolicy = config.lockPolicy
-        let destination: Log.Destination = options.has(Tool.logToStandardError.name) ? .stderr : .syslog
-        Log.setup(program: spec.program, destination: destination, facility: config.syslogFacility)
-        logging = destination
+        let destination: Log.Destination = options.has(Tool.logToStandardError.name) ? .stderr : config.logDestination
+        logging = Log.setup(program: spec.program, destination: destination, facility: config.syslogFacility,
+                            fallbackToStandardError: syslogFallback)
         return self
     }
 

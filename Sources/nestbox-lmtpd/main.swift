@@ -31,7 +31,7 @@ let spec = OptionSpec(
     78 configuration error (see nestbox-lmtpd(8)).
     """)
 
-let tool = Tool(spec, reporting: .standardError).start()
+let tool = Tool(spec, reporting: .standardError).start(syslogFallback: true)
 let config = tool.config
 
 if tool.options.has("inetd") {

@@ -209,6 +209,20 @@ final class DeliverTests: XCTestCase {
         XCTAssertEqual(try f.deliver(["newuser"], sampleMessage).status, 0)
     }
 
+    /// log_file keeps the log lines in a file on a host without syslog.
+    func testLogFileKeepsTheLinesWithoutSyslog() throws {
+        let f = try DeliverFixture()
+        try f.makeUser("alice")
+        let logFile = "\(f.dir)/nestbox.log"
+        _ = FileManager.default.createFile(atPath: logFile, contents: nil)
+        try Harness.chownToMailOwner(logFile)
+        try f.set("log_file", logFile)
+        XCTAssertEqual(try Harness.run(Harness.binary("nestbox-deliver"), ["-C", f.configPath, "nobody-here"],
+                                       input: Data(sampleMessage.utf8)).status, 67)
+        let lines = Harness.read(logFile)
+        XCTAssertTrue(lines.contains("nestbox-deliver[") && lines.contains("nobody-here"), lines)
+    }
+
     func testDuplicateSuppression() throws {
         let f = try DeliverFixture(settings: ["duplicatesuppression": "yes"])
         try f.makeUser("alice")

@@ -405,6 +405,25 @@ final class LMTPServerTests: XCTestCase {
         XCTAssertEqual(st.st_gid, owner.pw_gid)
     }
 
+    /// Without a syslog to reach (no socket at /dev/log, as in many containers), the server
+    /// says so once on standard error and logs there instead of dropping its lines.
+    func testUnreachableSyslogIsSaidAndLinesGoToStandardError() throws {
+        try startServer(start: false)
+        let errFile = "\(fixture.dir)/stderr.txt"
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+        p.arguments = ["-m", "sh", "-c", "if [ -e /dev/log ]; then mount --bind /dev/null /dev/log || exit 99; fi; "
+                       + "exec '\(Harness.binary("nestbox-lmtpd"))' -C '\(fixture.configPath)' -o lmtp_listen= 2>'\(errFile)'"]
+        try p.run()
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() } }
+        let deadline = Date().addingTimeInterval(20)
+        while p.isRunning && !Harness.read(errFile).contains("listening on") && Date() < deadline { usleep(20_000) }
+        let text = Harness.read(errFile)
+        XCTAssertTrue(p.isRunning, text)
+        XCTAssertEqual(text.components(separatedBy: "syslog is unreachable").count, 2, "said once: \(text)")
+        XCTAssertTrue(text.contains("nestbox-lmtpd[") && text.contains("listening on"), text)
+    }
+
     func testSocketGroupAndModeFromConfiguration() throws {
         try startServer(["lmtpsocket_group": "postfix", "lmtpsocket_mode": "0620"])
         var st = stat()

@@ -207,6 +207,11 @@ final class ConfigTests: TempDirTestCase {
                     for bad in ["Trash", "=30d", "Trash=", "Trash=30x", "Trash=-1d"] {
                         XCTAssertThrowsError(try c.set(key.name, bad, file: "t", line: 1), "\(key.name) \(bad)")
                     }
+                case .logFile:
+                    for good in ["", "stderr", "/var/log/nestbox.log"] {
+                        XCTAssertNoThrow(try c.set(key.name, good, file: "t", line: 1), "\(key.name) \(good)")
+                    }
+                    XCTAssertThrowsError(try c.set(key.name, "nestbox.log", file: "t", line: 1), key.name)
                 }
             }
         }
