@@ -175,7 +175,10 @@ final class MboxDotLock {
         var pause: UInt32 = 1_000
         var warned = false
         while true {
-            let fd = Glibc.open(lockPath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            let whole = try createWhole(lockPath)
+            if case .made(let lock) = whole { return lock }
+            errno = EEXIST
+            let fd = whole == .exists ? -1 : Glibc.open(lockPath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
             if fd >= 0 {
                 defer { Glibc.close(fd) }
                 var st = stat()
@@ -196,6 +199,42 @@ final class MboxDotLock {
             usleep(pause / 2 + UInt32.random(in: 0...pause))
             pause = min(pause * 2, 50_000)
         }
+    }
+
+    /// The lock made whole in one step where the file system allows it: an unnamed file
+    /// (O_TMPFILE) gets `<pid>:<host>`, then is linked to the lock's name, which fails if the
+    /// lock exists (as O_EXCL does). A process killed at any instant leaves either no lock or
+    /// one naming it, never an empty one: an empty lock looks like Postfix's (never stale here
+    /// while the mbox changes, and for Postfix not before stale_lock_time, 500 s), so
+    /// deliveries and purges would wait on it for minutes. Returns nil when the lock exists
+    /// (the caller judges it) or when O_TMPFILE is not supported (the caller falls back to
+    /// O_EXCL then a write).
+    private enum Whole: Equatable {
+        case made(MboxDotLock), exists, unsupported
+        static func == (a: Whole, b: Whole) -> Bool {
+            switch (a, b) {
+            case (.exists, .exists), (.unsupported, .unsupported): return true
+            case (.made(let x), .made(let y)): return x === y
+            default: return false
+            }
+        }
+    }
+
+    private static func createWhole(_ lockPath: String) throws -> Whole {
+        let dir = Files.directoryName(lockPath)
+        // O_TMPFILE is a macro Swift does not import: __O_TMPFILE | O_DIRECTORY, with
+        // __O_TMPFILE 020000000 in Linux's generic flags (x86_64, arm64, ...).
+        let tmpFile: Int32 = 0o20000000 | O_DIRECTORY
+        let fd = Glibc.open(dir, tmpFile | O_WRONLY | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return .unsupported }  // EOPNOTSUPP, EISDIR (old kernels), EACCES...: fall back
+        defer { Glibc.close(fd) }
+        try Files.writeAll(fd, content, path: lockPath)
+        var st = stat()
+        fstat(fd, &st)
+        if linkat(AT_FDCWD, "/proc/self/fd/\(fd)", AT_FDCWD, lockPath, AT_SYMLINK_FOLLOW) == 0 {
+            return .made(MboxDotLock(path: lockPath, inode: st.st_ino))
+        }
+        return errno == EEXIST ? .exists : .unsupported  // no /proc, or another error: the O_EXCL way says what
     }
 
     /// True when the lock is gone (removed here as stale, or by its holder meanwhile).
