@@ -52,7 +52,8 @@ extension Folder {
         _ = try checkLinks()  // nothing is unlinked through a symbolic link below the mail root
         let session = try beginUIDListSession(options: options)
         defer { session.finish() }
-        let scan = try FolderScan.scan(self, session: session, readFiles: false, trustNames: true)
+        // Missing records matter only for UIDs asked for by number.
+        let scan = try FolderScan.scan(self, session: session, readFiles: false, trustNames: true, checks: !wanted.isEmpty)
         var removed: [ScannedMessage] = []
         var bytes: Int64 = 0
         var touched: Set<String> = []
@@ -70,6 +71,8 @@ extension Folder {
             touched.insert(m.subdirectory)
         }
         for sub in touched.sorted() { try Files.fsyncDirectory("\(path)/\(sub)") }
+        // In UID order (the scan gave directory order).
+        removed.sort { ($0.uid ?? UInt32.max, $0.name.stem) < ($1.uid ?? UInt32.max, $1.name.stem) }
         // Records to drop: those of the files removed here, and those of requested UIDs whose
         // file was already missing (never one whose file still exists under another name).
         var uids = Set(removed.compactMap(\.uid))

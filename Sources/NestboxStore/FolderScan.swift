@@ -69,9 +69,10 @@ public struct FolderScan: Equatable, Sendable {
     /// to find a missing one); without it only `,S=` is checked, by stat. `trustNames` (without
     /// `readFiles`): a file the directory lists as regular and whose name has `,S=` is not
     /// stat'ed, its size taken from the name (no wrong `,S=` is found then): for expunge, which
-    /// counts the quota by the names anyway, over folders of 100k files.
+    /// counts the quota by the names anyway, over folders of 100k files. Without `checks`,
+    /// only `list` and `messages` (in directory order) are filled in.
     public static func scan(_ folder: Folder, session: UIDListSession? = nil, readFiles: Bool = true,
-                            trustNames: Bool = false) throws -> FolderScan {
+                            trustNames: Bool = false, checks: Bool = true) throws -> FolderScan {
         let list = try session?.read() ?? folder.uidList.read()
         let uids = list?.uidsByStem() ?? [:]
         var messages: [ScannedMessage] = []
@@ -101,6 +102,11 @@ public struct FolderScan: Equatable, Sendable {
                     wrong.append(WrongSize(path: path, field: .virtualSize, recorded: name.virtualSize, actual: virtual))
                 }
             }
+        }
+        // Without `checks` (an expunge by predicate over a large folder): the messages as
+        // listed, nothing compared (no order, no missing records, no shared bases).
+        guard checks else {
+            return FolderScan(list: list, messages: messages, missingFiles: [], unrecorded: [], duplicateBases: [], wrongSizes: wrong)
         }
         messages.sort { ($0.uid ?? UInt32.max, $0.name.stem) < ($1.uid ?? UInt32.max, $1.name.stem) }
         let present = Set(messages.map { $0.name.stem })

@@ -179,16 +179,22 @@ extension Folder {
             report.total.add(PurgeTally(bytes: m.quotaBytes, messages: 1))
             return selects(m)
         }
+        // The scan comes in directory order; the lines are given in UID order.
+        func inOrder(_ m: [ScannedMessage]) -> [String] {
+            m.sorted { ($0.uid ?? UInt32.max, $0.name.stem) < ($1.uid ?? UInt32.max, $1.name.stem) }.map(\.purgeLine)
+        }
         if dryRun {
             _ = try checkLinks()
-            for m in try FolderScan.scan(self, readFiles: false, trustNames: true).messages where choose(m) {
+            var chosen: [ScannedMessage] = []
+            for m in try FolderScan.scan(self, readFiles: false, trustNames: true, checks: false).messages where choose(m) {
                 report.expunged.add(PurgeTally(bytes: m.quotaBytes, messages: 1))
-                report.removed.append(m.purgeLine)
+                chosen.append(m)
             }
+            report.removed = inOrder(chosen)
         } else {
             let result = try expunge(options: options, where: choose)
             report.expunged = PurgeTally(bytes: result.bytes, messages: result.count)
-            report.removed = result.removed.map(\.purgeLine)
+            report.removed = result.removed.map(\.purgeLine)  // already in UID order
         }
         return report
     }
