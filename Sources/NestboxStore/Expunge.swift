@@ -36,18 +36,19 @@ public struct ExpungeResult: Equatable, Sendable {
 extension Folder {
     /// Expunges the messages with `uids`; unknown UIDs are ignored.
     @discardableResult
-    public func expunge(uids: Set<UInt32>, options: DotLock.Options) throws -> ExpungeResult {
-        try expunge(options: options, records: uids) { m in m.uid.map { uids.contains($0) } ?? false }
+    public func expunge(uids: Set<UInt32>, options: DotLock.Options, counting: QuotaCounting = .dovecot) throws -> ExpungeResult {
+        try expunge(options: options, records: uids, counting: counting) { m in m.uid.map { uids.contains($0) } ?? false }
     }
 
     /// Expunges every message (recorded or not) for which `predicate` holds, e.g.
     /// `{ $0.has(.deleted) }`.
     @discardableResult
-    public func expunge(options: DotLock.Options, where predicate: (ScannedMessage) -> Bool) throws -> ExpungeResult {
-        try expunge(options: options, records: [], predicate)
+    public func expunge(options: DotLock.Options, counting: QuotaCounting = .dovecot,
+                        where predicate: (ScannedMessage) -> Bool) throws -> ExpungeResult {
+        try expunge(options: options, records: [], counting: counting, predicate)
     }
 
-    private func expunge(options: DotLock.Options, records wanted: Set<UInt32>,
+    private func expunge(options: DotLock.Options, records wanted: Set<UInt32>, counting: QuotaCounting,
                          _ predicate: (ScannedMessage) -> Bool) throws -> ExpungeResult {
         _ = try checkLinks()  // nothing is unlinked through a symbolic link below the mail root
         let session = try beginUIDListSession(options: options)
@@ -56,6 +57,7 @@ extension Folder {
         let scan = try FolderScan.scan(self, session: session, readFiles: false, trustNames: true, checks: !wanted.isEmpty)
         var removed: [ScannedMessage] = []
         var bytes: Int64 = 0
+        var counted: Int64 = 0
         var touched: Set<String> = []
         for m in scan.messages where predicate(m) {
             session.keepAlive()
@@ -67,7 +69,12 @@ extension Folder {
                 m.name = MaildirName(Files.baseName(gonePath))
             }
             removed.append(m)
-            bytes += m.name.size ?? max(m.size, 0)
+            // Only what the quota counted is taken off it (Courier's counting leaves out Trash
+            // and T-flagged files: taking them off would put the usage below the truth).
+            if QuotaRoot.counts(m.name, inFolderDirectory: Files.baseName(path), counting) {
+                bytes += m.name.size ?? max(m.size, 0)
+                counted += 1
+            }
             touched.insert(m.subdirectory)
         }
         for sub in touched.sorted() { try Files.fsyncDirectory("\(path)/\(sub)") }
@@ -78,15 +85,14 @@ extension Folder {
         var uids = Set(removed.compactMap(\.uid))
         for r in scan.missingFiles where wanted.contains(r.uid) { uids.insert(r.uid) }
         let records = try session.remove(uids: uids, read: scan.list)  // read under this same lock
-        let count = Int64(removed.count)
-        if count > 0 {
+        if counted > 0 {
             do {
-                try QuotaRoot(root: mailRoot).append(bytes: -bytes, messages: -count)
+                try QuotaRoot(root: mailRoot).append(bytes: -bytes, messages: -counted)
             } catch {
-                Log.warning("\(path): maildirsize not updated by -\(bytes) bytes, -\(count) messages: \(error)")
+                Log.warning("\(path): maildirsize not updated by -\(bytes) bytes, -\(counted) messages: \(error)")
             }
         }
-        return ExpungeResult(removed: removed, records: records, bytes: bytes, count: count)
+        return ExpungeResult(removed: removed, records: records, bytes: bytes, count: counted)
     }
 
     /// Unlinks `m`'s file, following a rename by its stem (a few times at most); returns the

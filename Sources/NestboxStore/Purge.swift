@@ -173,7 +173,8 @@ extension ScannedMessage {
 extension Folder {
     /// Removes the messages `selects` takes (see the top of this file). With `dryRun` nothing
     /// is written and no lock is taken: the report says what a real run would remove now.
-    public func purge(dryRun: Bool, options: DotLock.Options, selects: (ScannedMessage) -> Bool) throws -> PurgeReport {
+    public func purge(dryRun: Bool, options: DotLock.Options, counting: QuotaCounting = .dovecot,
+                      selects: (ScannedMessage) -> Bool) throws -> PurgeReport {
         var report = PurgeReport()
         func choose(_ m: ScannedMessage) -> Bool {
             report.total.add(PurgeTally(bytes: m.quotaBytes, messages: 1))
@@ -192,8 +193,9 @@ extension Folder {
             }
             report.removed = inOrder(chosen)
         } else {
-            let result = try expunge(options: options, where: choose)
-            report.expunged = PurgeTally(bytes: result.bytes, messages: result.count)
+            let result = try expunge(options: options, counting: counting, where: choose)
+            // What went (result.bytes/count are what the quota lost, less with Courier's counting).
+            report.expunged = PurgeTally(bytes: result.removed.reduce(0) { $0 + $1.quotaBytes }, messages: Int64(result.removed.count))
             report.removed = result.removed.map(\.purgeLine)  // already in UID order
         }
         return report

@@ -276,6 +276,12 @@ public struct QuotaRoot: Sendable {
         try MailRoot.folderDirectories(root, requireCur: false)
     }
 
+    /// Whether a message named `name` in the folder directory `directory` (`.Trash`, or the
+    /// root's own name) counts in the usage under `counting`: the rule `scan` applies.
+    public static func counts(_ name: MaildirName, inFolderDirectory directory: String, _ counting: QuotaCounting) -> Bool {
+        counting == .dovecot || (directory != ".Trash" && !name.has("T"))
+    }
+
     /// The root and the folders that count: with Courier's counting, not Trash.
     private func countedDirectories() throws -> [String] {
         [root] + (try folderDirectories()).filter { counting == .dovecot || Files.baseName($0) != ".Trash" }

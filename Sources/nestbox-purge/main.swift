@@ -156,7 +156,8 @@ func finished(_ name: String, _ path: String, _ report: PurgeReport) {
 for (i, m) in mailboxes.enumerated() {
     let rule = PurgeRule.rule(for: m.folder.name, in: rules, separator: names.separator)?.criteria
     loop.each(i, m.name) {
-        let report = try m.folder.purge(dryRun: dryRun, options: tool.lockPolicy) { message in
+        let report = try m.folder.purge(dryRun: dryRun, options: tool.lockPolicy,
+                                        counting: config.quotaRoot(m.folder.mailRoot).counting) { message in
             criteria.selects(message, now: now) || rule?.selects(message, now: now) == true
         }
         finished(m.name, m.folder.path, report)

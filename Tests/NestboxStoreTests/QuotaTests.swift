@@ -174,6 +174,22 @@ final class QuotaTests: TempDirTestCase {
         XCTAssertEqual(try QuotaRoot(root: dir).countUsage(), expected)
     }
 
+    func testExpungeUnderCourierCountingTakesOffOnlyWhatWasCounted() throws {
+        makeMaildir()
+        let quota = QuotaRoot(root: dir, counting: .courier)
+        try quota.recalculate(limits: QuotaLimits())
+        let inbox = Folder(path: dir, mailRoot: dir, name: "INBOX")
+        // Two files go: one T-flagged (never counted by Courier), one counted (S=1000).
+        let result = try inbox.expunge(options: DotLock.Options(timeout: 5), counting: .courier) { m in
+            m.name.has("T") || m.name.stem.hasPrefix("1700000000.")
+        }
+        XCTAssertEqual(result.removed.count, 2)
+        XCTAssertEqual(result.count, 1, "only the counted one comes off the quota")
+        XCTAssertEqual(result.bytes, 1000)
+        let parsed = try XCTUnwrap(MaildirSize.parse(try XCTUnwrap(TestFS.read(maildirsize))))
+        XCTAssertEqual(parsed.usage, try quota.countUsage(), "never below (nor above) the truth")
+    }
+
     func testRecalculatesWhenALineIsGarbage() throws {
         let expected = makeMaildir()
         TestFS.write(maildirsize, "1000000S,100C\n5 1\nthis is not a delta\n")
