@@ -2,8 +2,9 @@
 // message, N and UIDVALIDITY stay as they are and the quota stays exact.
 //
 // In this order, all under the folder's uidlist lock (UIDListSession.swift):
-// 1. scan new/ and cur/ and choose the messages (by UID, or by a predicate such as \Deleted);
-// 2. unlink their files, then fsync new/ and cur/. Dovecot renames files to change flags
+// 1. list new/ and cur/ and choose the messages (by UID, or by a predicate such as \Deleted);
+// 2. unlink their files (relative to new/ and cur/, in a second thread while the listing goes
+//    on: Unlinker.swift), then fsync new/ and cur/. Dovecot renames files to change flags
 //    without the uidlist lock, so a file not found under its scanned name is looked for again by
 //    its stem in new/ and cur/; one that is really gone was removed (and uncounted) by someone
 //    else and is not counted again;
@@ -53,20 +54,57 @@ extension Folder {
         _ = try checkLinks()  // nothing is unlinked through a symbolic link below the mail root
         let session = try beginUIDListSession(options: options)
         defer { session.finish() }
-        // Missing records matter only for UIDs asked for by number.
-        let scan = try FolderScan.scan(self, session: session, readFiles: false, trustNames: true, checks: !wanted.isEmpty)
+        let list = try session.read()
+        // Each chosen file is unlinked (relative to new/ or cur/, opened here) in a second thread
+        // while the listing goes on: the removal then takes about as long as the unlinks alone.
+        let subdirectories = ["new", "cur"]
+        var directories: [Int32?] = []
+        defer { for case let fd? in directories { close(fd) } }
+        for sub in subdirectories { directories.append(try Files.openDirectory("\(path)/\(sub)")) }
+        let unlinker = Unlinker()
+        var chosen: [ScannedMessage] = []
+        var found = Set<UInt32>()  // requested UIDs whose file is there
+        do {
+            try FolderScan.forEachMessage(self, uids: list?.uidsByStem() ?? [:], session: session, trustNames: true) { m in
+                if let uid = m.uid, wanted.contains(uid) { found.insert(uid) }
+                guard predicate(m) else { return }
+                if let fd = directories[subdirectories.firstIndex(of: m.subdirectory)!] {
+                    unlinker.unlink(in: fd, Files.baseName(m.path), tag: chosen.count)
+                } else {
+                    unlinker.unlink(in: AT_FDCWD, m.path, tag: chosen.count)
+                }
+                chosen.append(m)
+            }
+        } catch {
+            _ = unlinker.finish()
+            throw error
+        }
+        // A file not found under its listed name was renamed meanwhile (a flag change) or
+        // removed by someone else: looked for again by its stem. Any other failure is reported
+        // after the records of what did go are dropped.
+        var failed: [Int: Int32] = [:]
+        for f in unlinker.finish() { failed[f.tag] = f.code }
         var removed: [ScannedMessage] = []
         var bytes: Int64 = 0
         var counted: Int64 = 0
         var touched: Set<String> = []
-        for m in scan.messages where predicate(m) {
-            session.keepAlive()
-            guard let gonePath = try unlinkMessage(m) else { continue }
-            var m = m
-            if gonePath != m.path {  // renamed meanwhile (a flag change): as it was found
-                m.path = gonePath
-                m.subdirectory = Files.baseName(Files.directoryName(gonePath))
-                m.name = MaildirName(Files.baseName(gonePath))
+        var failure: Error?
+        for (i, found) in chosen.enumerated() {
+            var m = found
+            if let code = failed[i] {
+                session.keepAlive()
+                do {
+                    guard code == ENOENT else { throw NestboxFailure.system("unlink", m.path, errno: code) }
+                    guard let gonePath = try unlinkMessage(m) else { continue }
+                    if gonePath != m.path {  // as it was found
+                        m.path = gonePath
+                        m.subdirectory = Files.baseName(Files.directoryName(gonePath))
+                        m.name = MaildirName(Files.baseName(gonePath))
+                    }
+                } catch {
+                    if failure == nil { failure = error }
+                    continue
+                }
             }
             removed.append(m)
             // Only what the quota counted is taken off it (Courier's counting leaves out Trash
@@ -83,8 +121,8 @@ extension Folder {
         // Records to drop: those of the files removed here, and those of requested UIDs whose
         // file was already missing (never one whose file still exists under another name).
         var uids = Set(removed.compactMap(\.uid))
-        for r in scan.missingFiles where wanted.contains(r.uid) { uids.insert(r.uid) }
-        let records = try session.remove(uids: uids, read: scan.list)  // read under this same lock
+        for uid in wanted.subtracting(found) { uids.insert(uid) }  // a UID with no record is ignored
+        let records = try session.remove(uids: uids, read: list)  // read under this same lock
         if counted > 0 {
             do {
                 try QuotaRoot(root: mailRoot).append(bytes: -bytes, messages: -counted)
@@ -92,6 +130,7 @@ extension Folder {
                 Log.warning("\(path): maildirsize not updated by -\(bytes) bytes, -\(counted) messages: \(error)")
             }
         }
+        if let failure { throw failure }
         return ExpungeResult(removed: removed, records: records, bytes: bytes, count: counted)
     }
 

@@ -74,33 +74,16 @@ public struct FolderScan: Equatable, Sendable {
     public static func scan(_ folder: Folder, session: UIDListSession? = nil, readFiles: Bool = true,
                             trustNames: Bool = false, checks: Bool = true) throws -> FolderScan {
         let list = try session?.read() ?? folder.uidList.read()
-        let uids = list?.uidsByStem() ?? [:]
         var messages: [ScannedMessage] = []
         var wrong: [WrongSize] = []
-        for sub in ["new", "cur"] {
-            let dir = "\(folder.path)/\(sub)"
-            try Files.forEachEntry(dir) { rawName, _, type, _ in
-                let fileName = String(cString: rawName)
-                guard MaildirName.isMessageName(fileName) else { return }
-                session?.keepAlive()
-                let name = MaildirName(fileName)
-                let path = "\(dir)/\(fileName)"
-                let size: Int64
-                if trustNames && !readFiles && type == UInt8(DT_REG), let named = name.size {
-                    size = named
-                } else {
-                    guard let st = try Files.status(path), (st.st_mode & S_IFMT) == S_IFREG else { return }
-                    size = Int64(st.st_size)
-                }
-                var virtual: Int64? = nil
-                if readFiles { virtual = try virtualSize(path) }
-                let m = ScannedMessage(uid: uids[name.stem], subdirectory: sub, name: name, path: path,
-                                       size: size, virtualSize: virtual)
-                messages.append(m)
-                if name.size != size { wrong.append(WrongSize(path: path, field: .size, recorded: name.size, actual: size)) }
-                if let virtual, name.virtualSize != virtual {
-                    wrong.append(WrongSize(path: path, field: .virtualSize, recorded: name.virtualSize, actual: virtual))
-                }
+        try forEachMessage(folder, uids: list?.uidsByStem() ?? [:], session: session, readFiles: readFiles,
+                           trustNames: trustNames) { m in
+            messages.append(m)
+            if m.name.size != m.size {
+                wrong.append(WrongSize(path: m.path, field: .size, recorded: m.name.size, actual: m.size))
+            }
+            if let virtual = m.virtualSize, m.name.virtualSize != virtual {
+                wrong.append(WrongSize(path: m.path, field: .virtualSize, recorded: m.name.virtualSize, actual: virtual))
             }
         }
         // Without `checks` (an expunge by predicate over a large folder): the messages as
@@ -123,6 +106,34 @@ public struct FolderScan: Equatable, Sendable {
         return FolderScan(list: list, messages: messages, missingFiles: missing,
                           unrecorded: messages.filter { $0.uid == nil }, duplicateBases: duplicates,
                           wrongSizes: wrong)
+    }
+
+    /// Calls `body` for each message file of new/ then cur/, in directory order, as it is
+    /// listed (`uids`: the list's UID of each stem). `readFiles` and `trustNames` as for `scan`.
+    /// For a caller that acts on each file while the listing goes on (expunge).
+    public static func forEachMessage(_ folder: Folder, uids: [String: UInt32], session: UIDListSession? = nil,
+                                      readFiles: Bool = false, trustNames: Bool = false,
+                                      _ body: (ScannedMessage) throws -> Void) throws {
+        for sub in ["new", "cur"] {
+            let dir = "\(folder.path)/\(sub)"
+            try Files.forEachEntry(dir) { rawName, _, type, _ in
+                let fileName = String(cString: rawName)
+                guard MaildirName.isMessageName(fileName) else { return }
+                session?.keepAlive()
+                let name = MaildirName(fileName)
+                let path = "\(dir)/\(fileName)"
+                let size: Int64
+                if trustNames && !readFiles && type == UInt8(DT_REG), let named = name.size {
+                    size = named
+                } else {
+                    guard let st = try Files.status(path), (st.st_mode & S_IFMT) == S_IFREG else { return }
+                    size = Int64(st.st_size)
+                }
+                let virtual = readFiles ? try virtualSize(path) : nil
+                try body(ScannedMessage(uid: uids[name.stem], subdirectory: sub, name: name, path: path,
+                                        size: size, virtualSize: virtual))
+            }
+        }
     }
 
     /// RFC822.SIZE: the size plus one for every LF not preceded by CR (Dovecot's count; for the
