@@ -5,29 +5,42 @@
 // Key: Message-ID, Date (empty when the message has none: unlike Cyrus, such messages are still
 // recognised) and the target mailbox. A message without Message-ID is never suppressed.
 //
-// Storage: one small file per key below `<root>/.nestbox/duplicates/<xx>/`, named by a 64-bit
-// hash of the key, holding the whole key. A lookup compares the stored key, so a hash collision
-// can never suppress a different message (a collision takes the next name, `<hash>.1`, ...).
-// The file's mtime is the time of delivery; entries older than the expiry are ignored by lookups
-// and removed by `prune` (nestbox-lmtpd at start and daily; nestbox-purge later).
-// Concurrent processes need no lock: a record is one small write, and a half-written one
-// never matches a key.
+// Storage: 256 append-only logs, `<root>/.nestbox/duplicates/<xx>.log`, the log chosen by the
+// first byte of a 64-bit hash of the key. One record per line:
 //
-// Crash safety: before the message is renamed into new/, a pending record (the key, a marker,
-// and the path of its file in new/) is written; after the syncs, the record is made final by
-// cutting it back to the key alone (one ftruncate: there is no instant at which the record says
-// neither). A pending record suppresses a retry only while the file it names exists, in new/
-// or (flags set) in cur/. A record is never truncated to zero and rewritten: new content is
-// written over the old from offset 0 and only then cut to its length, so a kill -9 at any
-// instant leaves either the old record, the new one, or (while a pending record replaces an
-// older one that named a file that is gone) one naming no existing file.
-// What a kill -9 of the delivering process leaves, at any instant: the message is either not in
-// new/ (no record, or a pending one naming a missing file: the retry is stored) or in new/ with
-// a pending or final record (the retry is suppressed); never lost, never stored twice.
-// Records are not fsynced (that would cost an fsync per delivery): after a power cut a record
-// written in the last seconds may be empty or missing, and a retry of such a message is then
-// stored a second time. A power cut never loses an acknowledged message (its file and new/ are
-// fsynced before the acknowledgement).
+//     <kind> <length> <seconds> <key> <path>
+//
+// kind `P` (pending) or `F` (final); length: the bytes of the line without its newline; seconds:
+// the time of delivery; key and path percent-encoded (no space, no control byte, nothing above
+// ASCII), path `-` in a final record. A lookup reads one log (1/256 of the records) and compares
+// whole keys, so a hash collision can never suppress a different message. Records older than
+// the expiry are ignored by lookups and dropped when `prune` rewrites the log (nestbox-lmtpd at
+// start and daily, nestbox-purge -E); a pending record with a final one after it goes too.
+//
+// Appends: one write(2) of "\n" + record on a descriptor opened O_APPEND, so the records of
+// concurrent processes never interleave, and a record torn by a power cut ends its own line (the
+// next append starts a new one): it never hides another record, and it is itself ignored, as its
+// length does not match. No record costs a file of its own: a delivery adds two lines to a file
+// that is already open (nestbox-lmtpd keeps the 256 logs open).
+// Appends hold a shared flock on the log and prune an exclusive one: prune reads the log, writes
+// the kept records to `<xx>.log.tmp`, fsyncs it and renames it over the log while holding the
+// lock; an appender that then gets the lock finds its descriptor's file unlinked (st_nlink 0)
+// and opens the new log before writing, so no record written beside a prune is lost.
+//
+// Crash safety: before the message is renamed into new/, a pending record naming the path of
+// its file in new/ is appended; after the syncs, a final record. A pending record suppresses a
+// retry only while the file it names exists, in new/ or (flags set) in cur/; a final one for as
+// long as it has not expired. What a kill -9 of the delivering process leaves, at any instant:
+// the message is either not in new/ (no record, or a pending one naming a missing file: the
+// retry is stored) or in new/ with a pending or final record (the retry is suppressed); never
+// lost, never stored twice. Records are not fsynced by themselves: the pending record is in the
+// file system's journal before the delivery's own syncs (on ext4 and XFS an fdatasync commits
+// every metadata change made before it, the log's growth included), and the final record
+// follows the acknowledgement. After a power cut a final record of the last seconds may be
+// missing; its pending record still suppresses a retry while the message is in the mailbox.
+//
+// Records of the earlier layout (one file per key in `<xx>/<hash>`) are still honoured by lookups
+// and removed by prune once expired, with their directories.
 
 #if canImport(Glibc)
 import Glibc
@@ -36,13 +49,28 @@ import Musl
 #endif
 import NestboxSupport
 
-public struct DuplicateDB: Sendable {
+public final class DuplicateDB: @unchecked Sendable {
     public let directory: String
     public let expiry: Double
+
+    static let buckets = 256
+    /// One lock per log: the descriptor cache and flock's per-descriptor state are shared by the
+    /// threads of nestbox-lmtpd.
+    private let locks: UnsafeMutablePointer<pthread_mutex_t>
+    private var descriptors: [Int32]
 
     public init(directory: String, expiry: Double) {
         self.directory = directory
         self.expiry = expiry
+        locks = .allocate(capacity: DuplicateDB.buckets)
+        for i in 0..<DuplicateDB.buckets { pthread_mutex_init(locks + i, nil) }
+        descriptors = [Int32](repeating: -1, count: DuplicateDB.buckets)
+    }
+
+    deinit {
+        for fd in descriptors where fd >= 0 { Glibc.close(fd) }
+        for i in 0..<DuplicateDB.buckets { pthread_mutex_destroy(locks + i) }
+        locks.deallocate()
     }
 
     public static func key(messageID: String?, date: String?, mailbox: String) -> [UInt8]? {
@@ -50,40 +78,184 @@ public struct DuplicateDB: Sendable {
         return Array("\(id)\u{0}\((date ?? "").trimmingSpaces())\u{0}\(mailbox)".utf8)
     }
 
-    /// FNV-1a, 64 bits: only spreads names; equality is decided on the stored key.
+    /// FNV-1a, 64 bits: only spreads keys over the logs; equality is decided on the whole key.
     static func hash(_ key: [UInt8]) -> UInt64 {
         var h: UInt64 = 0xcbf29ce484222325
         for b in key { h = (h ^ UInt64(b)) &* 0x100000001b3 }
         return h
     }
 
-    private func candidates(_ key: [UInt8]) -> (dir: String, base: String) {
-        let h = hexString(withUnsafeBytes(of: DuplicateDB.hash(key).bigEndian) { Array($0) })
-        return ("\(directory)/\(h.prefix(2))", h)
+    static func bucket(_ key: [UInt8]) -> Int { Int(hash(key) >> 56) }
+
+    func logPath(_ bucket: Int) -> String {
+        "\(directory)/\(hexString([UInt8(bucket)])).log"
     }
+
+    // MARK: Records
+
+    enum Kind: UInt8 {
+        case pending = 80  // P
+        case final = 70  // F
+    }
+
+    /// Percent-encodes everything but printable ASCII other than space and `%`.
+    static func encode(_ bytes: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count + 8)
+        let hex = Array("0123456789ABCDEF".utf8)
+        for b in bytes {
+            if b > 32 && b < 127 && b != 37 {
+                out.append(b)
+            } else {
+                out.append(37)
+                out.append(hex[Int(b >> 4)])
+                out.append(hex[Int(b & 15)])
+            }
+        }
+        return out
+    }
+
+    static func decode(_ bytes: ArraySlice<UInt8>) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        var i = bytes.startIndex
+        func nibble(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 48...57: return c - 48
+            case 65...70: return c - 55
+            case 97...102: return c - 87
+            default: return nil
+            }
+        }
+        while i < bytes.endIndex {
+            if bytes[i] == 37, i + 2 < bytes.endIndex, let h = nibble(bytes[i + 1]), let l = nibble(bytes[i + 2]) {
+                out.append(h << 4 | l)
+                i += 3
+            } else {
+                out.append(bytes[i])
+                i += 1
+            }
+        }
+        return out
+    }
+
+    /// One record, with the newline that starts it.
+    static func line(_ kind: Kind, seconds: Int64, encodedKey: [UInt8], path: String?) -> [UInt8] {
+        var rest: [UInt8] = [32]
+        rest += Array(String(max(0, seconds)).utf8)
+        rest.append(32)
+        rest += encodedKey
+        rest.append(32)
+        if let path { rest += encode(Array(path.utf8)) } else { rest.append(45) }
+        // The length counts its own digits.
+        var length = 2 + rest.count + 1
+        while 2 + String(length).utf8.count + rest.count != length { length = 2 + String(length).utf8.count + rest.count }
+        var out: [UInt8] = [10, kind.rawValue, 32]
+        out += Array(String(length).utf8)
+        return out + rest
+    }
+
+    /// A record as read back: nil for anything that is not one whole record.
+    struct Record {
+        var kind: Kind
+        var seconds: Int64
+        /// Ranges in the buffer the line came from.
+        var key: Range<Int>
+        var path: Range<Int>?
+    }
+
+    static func parse(_ bytes: UnsafeBufferPointer<UInt8>, line: Range<Int>) -> Record? {
+        guard line.count > 8, let kind = Kind(rawValue: bytes[line.lowerBound]), bytes[line.lowerBound + 1] == 32 else { return nil }
+        var i = line.lowerBound + 2
+        func number() -> Int64? {
+            var value: Int64 = 0
+            let start = i
+            while i < line.upperBound, bytes[i] >= 48, bytes[i] <= 57, i - start < 18 {
+                value = value * 10 + Int64(bytes[i] - 48)
+                i += 1
+            }
+            guard i > start, i < line.upperBound, bytes[i] == 32 else { return nil }
+            i += 1
+            return value
+        }
+        guard let length = number(), length == line.count, let seconds = number() else { return nil }
+        let keyStart = i
+        while i < line.upperBound, bytes[i] != 32 { i += 1 }
+        guard i < line.upperBound, i > keyStart else { return nil }
+        let key = keyStart..<i
+        let pathStart = i + 1
+        guard pathStart < line.upperBound else { return nil }
+        let path: Range<Int>? = (line.upperBound - pathStart == 1 && bytes[pathStart] == 45) ? nil : pathStart..<line.upperBound
+        if kind == .pending && path == nil { return nil }
+        return Record(kind: kind, seconds: seconds, key: key, path: path)
+    }
+
+    /// The first occurrence of `needle` (at least 2 bytes) at or after `from`: memchr for its
+    /// second byte, then memcmp (Glibc's memmem is not visible from Swift).
+    static func find(_ needle: [UInt8], in bytes: UnsafeBufferPointer<UInt8>, from: Int) -> Int? {
+        guard let base = bytes.baseAddress, needle.count >= 2 else { return nil }
+        var i = from + 1
+        while i + needle.count - 1 <= bytes.count {
+            guard let hit = memchr(base + i, Int32(needle[1]), bytes.count - i) else { return nil }
+            let j = base.distance(to: hit.assumingMemoryBound(to: UInt8.self))
+            if j - 1 + needle.count > bytes.count { return nil }
+            if memcmp(base + j - 1, needle, needle.count) == 0 { return j - 1 }
+            i = j + 1
+        }
+        return nil
+    }
+
+    /// The first LF at or after `from`.
+    static func newline(_ bytes: UnsafeBufferPointer<UInt8>, from: Int) -> Int? {
+        guard from < bytes.count, let base = bytes.baseAddress,
+              let hit = memchr(base + from, 10, bytes.count - from) else { return nil }
+        return base.distance(to: hit.assumingMemoryBound(to: UInt8.self))
+    }
+
+    /// Calls `body` for every whole record of `bytes`, in order.
+    static func forEachRecord(_ bytes: UnsafeBufferPointer<UInt8>, _ body: (Record, Range<Int>) -> Void) {
+        var start = 0
+        let count = bytes.count
+        while start < count {
+            let end = newline(bytes, from: start) ?? count
+            if end > start, let r = parse(bytes, line: start..<end) { body(r, start..<end) }
+            start = end + 1
+        }
+    }
+
+    // MARK: Lookups and appends
 
     /// Whether `key` was delivered within the expiry. A pending record (written between the
     /// message's rename and its syncs) counts only if the message file it names exists.
     public func contains(_ key: [UInt8]) -> Bool {
-        let (dir, base) = candidates(key)
-        for n in 0..<16 {
-            let path = n == 0 ? "\(dir)/\(base)" : "\(dir)/\(base).\(n)"
-            guard let st = try? Files.status(path) else { return false }
-            guard let stored = try? Files.read(path, limit: 8192) else { continue }
-            guard wallSeconds() - Double(st.st_mtim.tv_sec) <= expiry else {
-                if stored.starts(with: key) { return false }
-                continue
-            }
-            if stored == key { return true }
-            let marker = key + DuplicateDB.pendingMarker
-            if stored.count > marker.count && stored.starts(with: marker) {
-                return DuplicateDB.messageExists(String(decoding: stored[marker.count...], as: UTF8.self))
+        if legacyContains(key) { return true }
+        let bucket = DuplicateDB.bucket(key)
+        let needle = [32] + DuplicateDB.encode(key) + [32]
+        var pendingPaths: [String] = []
+        var found = false
+        let oldest = Int64(wallSeconds() - expiry)
+        withLog(bucket, create: false) { fd in
+            guard let bytes = try? DuplicateDB.readAll(fd) else { return }
+            bytes.withUnsafeBufferPointer { buffer in
+                var from = 0
+                while let at = DuplicateDB.find(needle, in: buffer, from: from) {
+                    from = at + 1
+                    var start = at
+                    while start > 0 && buffer[start - 1] != 10 { start -= 1 }
+                    let end = DuplicateDB.newline(buffer, from: at) ?? buffer.count
+                    guard let r = DuplicateDB.parse(buffer, line: start..<end), r.key.lowerBound == at + 1,
+                          r.seconds >= oldest else { continue }
+                    if r.kind == .final {
+                        found = true
+                        return
+                    }
+                    if let p = r.path { pendingPaths.append(String(decoding: DuplicateDB.decode(bytes[p]), as: UTF8.self)) }
+                }
             }
         }
-        return false
+        if found { return true }
+        return pendingPaths.contains { DuplicateDB.messageExists($0) }
     }
-
-    static let pendingMarker: [UInt8] = [0, UInt8(ascii: "P"), 0]
 
     /// Whether the message `<folder>/new/<stem>` is still there, in new/ or (flags set) in cur/.
     static func messageExists(_ path: String) -> Bool {
@@ -97,82 +269,190 @@ public struct DuplicateDB: Sendable {
     /// Records `key` as pending: the message is at `messagePath` but not yet durable. A crash
     /// before `record` leaves a pending record that suppresses a retry only if the file exists.
     public func recordPending(_ key: [UInt8], messagePath: String) {
-        store(key, content: key + DuplicateDB.pendingMarker + Array(messagePath.utf8))
+        append(key, DuplicateDB.line(.pending, seconds: Int64(wallSeconds()), encodedKey: DuplicateDB.encode(key), path: messagePath))
     }
 
-    /// Makes `key`'s record final (the message is durable), or writes it if there is none.
-    /// Failures are only logged.
+    /// Records `key` as delivered (the message is durable). Failures are only logged.
     public func record(_ key: [UInt8]) {
-        store(key, content: key)
+        record(key, seconds: Int(wallSeconds()))
     }
 
-    private func store(_ key: [UInt8], content: [UInt8]) {
-        do {
-            try Files.ensureDirectory(directory)
-            let (dir, base) = candidates(key)
-            try Files.ensureDirectory(dir)
-            let marker = key + DuplicateDB.pendingMarker
-            for n in 0..<16 {
-                let path = n == 0 ? "\(dir)/\(base)" : "\(dir)/\(base).\(n)"
-                if let stored = try Files.read(path, limit: 8192) {
-                    let ours = stored == key || stored.starts(with: marker)
-                    let expired = (try Files.status(path)).map { wallSeconds() - Double($0.st_mtim.tv_sec) > expiry } ?? true
-                    if ours || expired {
-                        try write(content, to: path, over: stored)
-                        return
-                    }
-                    continue
-                }
-                try write(content, to: path, over: nil)
+    /// Records `key` as delivered at `seconds` (since the epoch).
+    public func record(_ key: [UInt8], seconds: Int) {
+        append(key, DuplicateDB.line(.final, seconds: Int64(seconds), encodedKey: DuplicateDB.encode(key), path: nil))
+    }
+
+    private func append(_ key: [UInt8], _ record: [UInt8]) {
+        let bucket = DuplicateDB.bucket(key)
+        withLog(bucket, create: true, locked: true) { fd in
+            do {
+                try Files.writeAll(fd, record, path: logPath(bucket))
+            } catch {
+                Log.warning("duplicate database: \(error)")
+            }
+        }
+    }
+
+    /// Runs `body` with the bucket's log open (O_APPEND), under the bucket's mutex; with
+    /// `locked`, also under a shared flock taken on a descriptor whose file is still the log
+    /// (see the top of this file). Nothing is run when the log does not exist and `create` is
+    /// false, or it cannot be opened (logged).
+    private func withLog(_ bucket: Int, create: Bool, locked: Bool = false, _ body: (Int32) -> Void) {
+        pthread_mutex_lock(locks + bucket)
+        defer { pthread_mutex_unlock(locks + bucket) }
+        for _ in 0..<8 {
+            if descriptors[bucket] < 0 {
+                descriptors[bucket] = openLog(bucket, create: create)
+                if descriptors[bucket] < 0 { return }
+            }
+            let fd = descriptors[bucket]
+            if locked {
+                while flock(fd, LOCK_SH) != 0 && errno == EINTR {}
+            }
+            var st = stat()
+            if fstat(fd, &st) == 0 && st.st_nlink > 0 {
+                body(fd)
+                if locked { flock(fd, LOCK_UN) }
                 return
             }
-            Log.warning("duplicate database: 16 colliding records for one hash in \(dir)")
-        } catch {
-            Log.warning("duplicate database: \(error)")
+            // Replaced by a prune: the new log is at the path.
+            if locked { flock(fd, LOCK_UN) }
+            Glibc.close(fd)
+            descriptors[bucket] = -1
         }
+        Log.warning("duplicate database: \(logPath(bucket)) keeps being replaced")
     }
 
-    /// Writes the record in place without ever emptying it: the content goes over the old one
-    /// from offset 0, then the file is cut to its length. Made final, a pending record is only
-    /// cut (its key is its beginning). A reader that sees a record half-written compares
-    /// unequal and treats the message as new, which is the safe side.
-    private func write(_ content: [UInt8], to path: String, over stored: [UInt8]?) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, Files.fileMode)
-        if fd < 0 { throw NestboxFailure.system("create", path) }
-        defer { close(fd) }
-        let old = stored ?? []
-        if !(old.count > content.count && old.starts(with: content)) {
-            var written = 0
-            while written < content.count {
-                let n = content.withUnsafeBytes { pwrite(fd, $0.baseAddress! + written, content.count - written, off_t(written)) }
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw NestboxFailure.system("write", path)
+    private func openLog(_ bucket: Int, create: Bool) -> Int32 {
+        let path = logPath(bucket)
+        let flags = O_RDWR | O_APPEND | O_NOFOLLOW | O_CLOEXEC | (create ? O_CREAT : 0)
+        var fd = open(path, flags, Files.fileMode)
+        if fd < 0 && errno == ENOENT && create {
+            do { try Files.ensureDirectory(directory) } catch {
+                Log.warning("duplicate database: \(error)")
+                return -1
+            }
+            fd = open(path, flags, Files.fileMode)
+        }
+        if fd < 0 && !(errno == ENOENT && !create) {
+            Log.warning("duplicate database: \(NestboxFailure.system("open", path))")
+        }
+        return fd
+    }
+
+    static func readAll(_ fd: Int32) throws -> [UInt8] {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw NestboxFailure.system("fstat", "duplicate log") }
+        var size = Int(st.st_size)
+        var out = [UInt8](repeating: 0, count: size)
+        var got = 0
+        while true {
+            if got == size {  // grown meanwhile: read on
+                size += 65536
+                out += [UInt8](repeating: 0, count: 65536)
+            }
+            let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + got, size - got, off_t(got)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw NestboxFailure.system("read", "duplicate log")
+            }
+            if n == 0 { break }
+            got += n
+        }
+        out.removeSubrange(got...)
+        return out
+    }
+
+    // MARK: Pruning
+
+    /// Removes records older than `age` seconds, and pending records a final one follows;
+    /// returns how many records were removed (with `dryRun`, would be).
+    @discardableResult
+    public func prune(olderThan age: Double, dryRun: Bool = false) throws -> Int {
+        var removed = try pruneLegacy(olderThan: age, dryRun: dryRun)
+        let oldest = Int64(wallSeconds() - age)
+        for bucket in 0..<DuplicateDB.buckets {
+            let path = logPath(bucket)
+            let fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
+            if fd < 0 {
+                if errno == ENOENT { continue }
+                throw NestboxFailure.system("open", path)
+            }
+            defer { Glibc.close(fd) }
+            pthread_mutex_lock(locks + bucket)
+            defer { pthread_mutex_unlock(locks + bucket) }
+            if !dryRun { while flock(fd, LOCK_EX) != 0 && errno == EINTR {} }
+            let bytes = try DuplicateDB.readAll(fd)
+            var kept: [UInt8] = []
+            var count = 0
+            bytes.withUnsafeBufferPointer { buffer in
+                var finals = Set<ArraySlice<UInt8>>()
+                DuplicateDB.forEachRecord(buffer) { r, _ in
+                    if r.kind == .final && r.seconds >= oldest { finals.insert(bytes[r.key]) }
                 }
-                written += n
+                DuplicateDB.forEachRecord(buffer) { r, line in
+                    if r.seconds < oldest || (r.kind == .pending && finals.contains(bytes[r.key])) {
+                        count += 1
+                    } else {
+                        kept.append(10)
+                        kept += bytes[line]
+                    }
+                }
+            }
+            removed += count
+            // A log holding torn lines only is rewritten too (count 0, but shorter).
+            guard !dryRun, count > 0 || kept.count + 1 < bytes.count else { continue }
+            if kept.isEmpty {
+                unlink(path)
+            } else {
+                try Files.replace(path, with: kept)
             }
         }
-        if old.count > content.count {
-            guard ftruncate(fd, off_t(content.count)) == 0 else { throw NestboxFailure.system("truncate", path) }
-        }
+        return removed
     }
 
-    /// Removes records older than `age` seconds; returns how many.
-    @discardableResult
-    public func prune(olderThan age: Double) throws -> Int {
+    // MARK: The earlier layout
+
+    /// A record of the earlier layout: `<xx>/<16 hex>` (`.1` ... after a collision), the key
+    /// alone (final) or key, marker and path (pending); its mtime the time of delivery.
+    private func legacyContains(_ key: [UInt8]) -> Bool {
+        let h = hexString(withUnsafeBytes(of: DuplicateDB.hash(key).bigEndian) { Array($0) })
+        let dir = "\(directory)/\(h.prefix(2))"
+        let marker = key + [0, UInt8(ascii: "P"), 0]
+        for n in 0..<16 {
+            let path = n == 0 ? "\(dir)/\(h)" : "\(dir)/\(h).\(n)"
+            guard let st = try? Files.status(path) else { return false }
+            guard wallSeconds() - Double(st.st_mtim.tv_sec) <= expiry, let stored = try? Files.read(path, limit: 8192) else { continue }
+            if stored == key { return true }
+            if stored.count > marker.count && stored.starts(with: marker) {
+                return DuplicateDB.messageExists(String(decoding: stored[marker.count...], as: UTF8.self))
+            }
+        }
+        return false
+    }
+
+    /// Removes the earlier layout's records older than `age`, and its directories once empty.
+    private func pruneLegacy(olderThan age: Double, dryRun: Bool) throws -> Int {
         var removed = 0
         let now = wallSeconds()
         for sub in try Files.list(directory) ?? [] {
             let dir = "\(directory)/\(sub)"
-            guard Files.isDirectory(dir) else { continue }  // a bucket is a real directory, never a link
+            guard sub.utf8.count == 2, let st = try Files.status(dir), (st.st_mode & S_IFMT) == S_IFDIR else { continue }
+            // A bucket is a real directory, never a link.
+            var st2 = stat()
+            guard lstat(dir, &st2) == 0, (st2.st_mode & S_IFMT) == S_IFDIR else { continue }
+            var left = 0
             for name in try Files.list(dir) ?? [] {
                 let path = "\(dir)/\(name)"
                 guard let st = try Files.status(path) else { continue }
                 if now - Double(st.st_mtim.tv_sec) > age {
-                    Files.removeQuietly(path)
+                    if !dryRun { Files.removeQuietly(path) }
                     removed += 1
+                } else {
+                    left += 1
                 }
             }
+            if left == 0 && !dryRun { rmdir(dir) }
         }
         return removed
     }

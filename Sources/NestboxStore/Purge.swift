@@ -260,8 +260,10 @@ extension MailStore {
         let expiry = max(duplicatesOlderThan, config.duplicateExpire)
         var report = PruneReport()
         if dryRun {
-            for bucket in (try? Files.list(duplicatesDirectory)) ?? [] where Files.isDirectory("\(duplicatesDirectory)/\(bucket)") {
-                report.duplicateRecords += MailStore.oldEntries("\(duplicatesDirectory)/\(bucket)", age: expiry) { $0.st_mtim }
+            do {
+                report.duplicateRecords = try DuplicateDB(directory: duplicatesDirectory, expiry: expiry).prune(olderThan: expiry, dryRun: true)
+            } catch {
+                Log.warning("duplicate database: \(error)")
             }
             report.spoolFiles = MailStore.oldEntries(spoolDirectory, age: staleAfter) { $0.st_ctim }
             report.creationTrees = MailStore.oldEntries(creationDirectory, age: staleAfter) { $0.st_mtim }

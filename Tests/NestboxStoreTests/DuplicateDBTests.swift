@@ -7,19 +7,22 @@ import XCTest
 import NestboxSupport
 @testable import NestboxStore
 
-/// The duplicate database's records on disk: what a reader sees at each step of a delivery.
+/// The duplicate database's logs on disk: what a lookup sees at each step of a delivery, after a
+/// torn write, beside a prune, and with records of the earlier one-file-per-key layout.
 final class DuplicateDBTests: TempDirTestCase {
     private var root: String { dir }
     var db: DuplicateDB { DuplicateDB(directory: "\(root)/dup", expiry: 3600) }
     let key = DuplicateDB.key(messageID: "<m@example.org>", date: "Mon, 30 Nov 2026 12:00:00 +0000", mailbox: "alice")!
 
-    /// The one record file of the database.
-    func recordPath() throws -> String {
-        let buckets = TestFS.list("\(root)/dup")
-        XCTAssertEqual(buckets.count, 1)
-        let names = TestFS.list("\(root)/dup/\(buckets[0])")
-        XCTAssertEqual(names.count, 1)
-        return "\(root)/dup/\(buckets[0])/\(names[0])"
+    func key(_ id: String, mailbox: String = "alice") -> [UInt8] {
+        DuplicateDB.key(messageID: id, date: nil, mailbox: mailbox)!
+    }
+
+    /// The one log of the database.
+    func logPath() throws -> String {
+        let logs = TestFS.list("\(root)/dup")
+        XCTAssertEqual(logs.count, 1, "\(logs)")
+        return "\(root)/dup/\(try XCTUnwrap(logs.first))"
     }
 
     func testPendingRecordSuppressesOnlyWhileItsFileExists() throws {
@@ -34,36 +37,143 @@ final class DuplicateDBTests: TempDirTestCase {
         XCTAssertTrue(db.contains(key), "flags set by Dovecot: still the same message")
     }
 
-    func testMakingARecordFinalOnlyCutsIt() throws {
+    func testFinalRecordOutlivesTheMessageAndRecordsAreLinesOfOneLog() throws {
         XCTAssertEqual(mkdir("\(root)/new", 0o700), 0)
-        db.recordPending(key, messagePath: "\(root)/new/x")
-        let path = try recordPath()
-        let inode = TestFS.inode(path)
-        let pending = try XCTUnwrap(Files.read(path))
-        XCTAssertTrue(pending.starts(with: key) && pending.count > key.count)
-        db.record(key)
-        // Same file, cut back to the key: no instant at which it was empty.
-        XCTAssertEqual(TestFS.inode(path), inode)
-        XCTAssertEqual(try Files.read(path), key)
-        XCTAssertTrue(db.contains(key))
+        let d = db
+        d.recordPending(key, messagePath: "\(root)/new/x")
+        d.record(key)
+        XCTAssertTrue(d.contains(key), "expunged by the user since: still suppressed")
+        XCTAssertFalse(d.contains(self.key("<other@example.org>")))
+        XCTAssertFalse(d.contains(self.key("<m@example.org>", mailbox: "bob")), "another mailbox is another delivery")
+        // One log for the bucket, two lines, no file per record.
+        let path = try logPath()
+        XCTAssertTrue(path.hasSuffix(".log"))
+        let lines = TestFS.readText(path)!.split(separator: "\n")
+        XCTAssertEqual(lines.count, 2)
+        XCTAssertTrue(lines[0].hasPrefix("P "), String(lines[0]))
+        XCTAssertTrue(lines[1].hasPrefix("F "), String(lines[1]))
+        XCTAssertTrue(lines[1].hasSuffix(" -"), String(lines[1]))
+        XCTAssertFalse(lines[1].contains("\u{0}"), "the key is encoded")
     }
 
-    func testPendingRecordOverAnOlderLongerOneNamesTheNewFile() throws {
-        XCTAssertEqual(mkdir("\(root)/new", 0o700), 0)
-        db.recordPending(key, messagePath: "\(root)/new/a-rather-long-name-of-a-file-that-is-gone")
-        db.recordPending(key, messagePath: "\(root)/new/short")
-        let path = try recordPath()
-        XCTAssertEqual(try Files.read(path), key + DuplicateDB.pendingMarker + Array("\(root)/new/short".utf8))
-        TestFS.write("\(root)/new/short", "x")
-        XCTAssertTrue(db.contains(key))
-    }
-
-    func testEmptyRecordLeftByACrashNeitherSuppressesNorBlocks() throws {
-        db.record(key)
-        let path = try recordPath()
-        TestFS.write(path, [UInt8]())
+    func testExpiredRecordsAreIgnored() throws {
+        db.record(key, seconds: time(nil) - 7200)
         XCTAssertFalse(db.contains(key))
-        let other = DuplicateDB.key(messageID: "<other@example.org>", date: nil, mailbox: "alice")!
-        XCTAssertFalse(db.contains(other))
+        db.record(key)
+        XCTAssertTrue(db.contains(key))
+    }
+
+    /// A record cut by a power cut (at any byte) never suppresses a message, and never hides a
+    /// record appended after it. Among the cuts: the one that leaves "…%00bob" of a record for
+    /// mailbox "bobby", which would look like a whole record for "bob" without the length field.
+    func testTornRecordNeitherSuppressesNorHidesTheNextOne() throws {
+        let bobby = key("<m@example.org>", mailbox: "bobby")
+        let bob = key("<m@example.org>", mailbox: "bob")
+        let line = DuplicateDB.line(.final, seconds: Int64(time(nil)), encodedKey: DuplicateDB.encode(bobby), path: nil)
+        XCTAssertEqual(DuplicateDB.bucket(bob), DuplicateDB.bucket(bob))
+        for cut in 1..<line.count {
+            let dir = "\(root)/cut\(cut)"
+            let d = DuplicateDB(directory: dir, expiry: 3600)
+            TestFS.mkdirs(dir)
+            // The torn record in the log bob's key would be looked up in.
+            let path = d.logPath(DuplicateDB.bucket(bob))
+            TestFS.write(path, Array(line[0..<cut]))
+            XCTAssertFalse(d.contains(bob), "cut at \(cut): \(String(decoding: line[0..<cut], as: UTF8.self))")
+            XCTAssertFalse(d.contains(bobby), "cut at \(cut)")
+            d.record(bob)
+            XCTAssertTrue(d.contains(bob), "cut at \(cut): the record after a torn one is seen")
+            XCTAssertFalse(d.contains(bobby), "cut at \(cut)")
+        }
+    }
+
+    func testGarbageInALogIsIgnored() throws {
+        let d = db
+        d.record(key)
+        let path = try logPath()
+        let fd = open(path, O_WRONLY | O_APPEND)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        let junk: [UInt8] = Array("\nF 9 x\n\u{0}\u{0}\u{0}\nP 99999999999999999999999 1 a b\nF 12 1 %3C -\n".utf8) + [0xff, 0xfe, 10]
+        XCTAssertEqual(junk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }, junk.count)
+        close(fd)
+        let fresh = db
+        XCTAssertTrue(fresh.contains(key))
+        XCTAssertFalse(fresh.contains(self.key("<n@example.org>")))
+        let other = self.key("<o@example.org>")
+        fresh.record(other)
+        XCTAssertTrue(fresh.contains(other))
+        XCTAssertTrue(fresh.contains(key))
+    }
+
+    func testPruneDropsExpiredRecordsAndPendingOnesMadeFinal() throws {
+        let d = db
+        let old = key("<old@x>"), kept = key("<kept@x>"), pending = key("<pending@x>")
+        d.record(old, seconds: time(nil) - 7200)
+        d.recordPending(kept, messagePath: "\(root)/new/kept")
+        d.record(kept)
+        d.recordPending(pending, messagePath: "\(root)/new/pending")
+        TestFS.mkdirs("\(root)/new")
+        TestFS.write("\(root)/new/pending", "x")
+        XCTAssertEqual(try d.prune(olderThan: 3600, dryRun: true), 2)
+        XCTAssertEqual(try d.prune(olderThan: 3600), 2, "the old final record, and kept's pending one")
+        XCTAssertEqual(try d.prune(olderThan: 3600), 0)
+        XCTAssertFalse(d.contains(old))
+        XCTAssertTrue(d.contains(kept))
+        XCTAssertTrue(d.contains(pending))
+        let all = TestFS.list("\(root)/dup").map { TestFS.readText("\(root)/dup/\($0)") ?? "" }.joined()
+        XCTAssertEqual(all.split(separator: "\n").count, 2)
+        // Everything expired: the logs go.
+        XCTAssertEqual(try DuplicateDB(directory: "\(root)/dup", expiry: 0).prune(olderThan: -10), 2)
+        XCTAssertEqual(TestFS.list("\(root)/dup"), [])
+    }
+
+    /// Appends of one database (as of one process) beside prunes of another, each on its own
+    /// descriptors: no record is lost, although every prune replaces the logs it rewrites.
+    func testNoRecordIsLostBesideAPrune() throws {
+        let writer = DuplicateDB(directory: "\(root)/dup", expiry: 3600)
+        let count = 3000
+        let directory = "\(root)/dup"
+        final class Pruner {
+            let db: DuplicateDB
+            var stop = false
+            var rounds = 0
+            init(_ db: DuplicateDB) { self.db = db }
+        }
+        let pruner = Pruner(DuplicateDB(directory: directory, expiry: 3600))
+        var thread = pthread_t()
+        let box = Unmanaged.passRetained(pruner).toOpaque()
+        XCTAssertEqual(pthread_create(&thread, nil, { arg in
+            let p = Unmanaged<Pruner>.fromOpaque(arg!).takeRetainedValue()
+            while !p.stop {
+                _ = try? p.db.prune(olderThan: 3600)
+                p.rounds += 1
+            }
+            return nil
+        }, box), 0)
+        for i in 0..<count {
+            let k = key("<\(i)@x>")
+            writer.recordPending(k, messagePath: "\(directory)/nowhere/\(i)")
+            writer.record(k)
+        }
+        pruner.stop = true
+        pthread_join(thread, nil)
+        XCTAssertGreaterThan(pruner.rounds, 1)
+        let reader = DuplicateDB(directory: directory, expiry: 3600)
+        let lost = (0..<count).filter { !reader.contains(key("<\($0)@x>")) }
+        XCTAssertEqual(lost.count, 0, "records lost beside a prune, among them \(lost.prefix(10))")
+    }
+
+    /// Records of the earlier layout (`<xx>/<hash>`, the key alone, mtime the time) are still
+    /// honoured, and pruned with their directories once expired.
+    func testRecordsOfTheEarlierLayoutAreHonouredAndPruned() throws {
+        let h = hexString(withUnsafeBytes(of: DuplicateDB.hash(key).bigEndian) { Array($0) })
+        let legacy = "\(root)/dup/\(h.prefix(2))/\(h)"
+        TestFS.mkdirs("\(root)/dup/\(h.prefix(2))")
+        TestFS.write(legacy, key)
+        XCTAssertTrue(db.contains(key))
+        XCTAssertEqual(try db.prune(olderThan: 3600), 0)
+        TestFS.age(legacy, by: 7200)
+        XCTAssertFalse(db.contains(key))
+        XCTAssertEqual(try db.prune(olderThan: 3600), 1)
+        XCTAssertEqual(TestFS.list("\(root)/dup"), [])
     }
 }
