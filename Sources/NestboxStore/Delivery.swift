@@ -184,6 +184,10 @@ public struct Delivery: Sendable {
     /// `ignoreQuota` skips the quota check (-q, IGNOREQUOTA).
     public func store(_ message: SpooledMessage, into target: DeliveryTarget, ignoreQuota: Bool) -> RecipientResult {
         var result = RecipientResult(recipient: target.recipient, outcome: .delivered, mailbox: target.label, uid: nil, detail: "delivered")
+        // On its way to the folder's commit round (GroupCommit.swift) unless it ends before.
+        GroupCommit.shared.expect(target.folder)
+        var expected = true
+        defer { if expected { GroupCommit.shared.unexpect(target.folder) } }
         let duplicateKey = duplicates == nil ? nil
             : DuplicateDB.key(messageID: message.messageID, date: message.date, mailbox: target.label)
         if let db = duplicates, let key = duplicateKey, db.contains(key) {
@@ -204,9 +208,10 @@ public struct Delivery: Sendable {
             // recalculation rules repair as soon as it matters (over quota with a stale or
             // multi-line maildirsize); the other order would under-count, which nothing notices.
             do {
+                expected = false
                 result.uid = try GroupCommit.shared.commit(staged, as: final, in: folder, label: target.label,
                                                            quota: target.quota, size: message.size,
-                                                           lockPolicy: config.lockPolicy)
+                                                           lockPolicy: config.lockPolicy, expected: true)
                 if staged == message.path { message.consumed() }
             } catch let failure as GroupCommit.Failure {
                 if failure.moved {
@@ -253,11 +258,13 @@ public struct Delivery: Sendable {
     /// file itself when it was spooled there (one recipient), else a hard link to it (a copy,
     /// fsynced, across file systems) named `base`. Removes what it made on failure.
     func stage(_ message: SpooledMessage, into folder: Folder, base: String) throws -> String {
-        // Checked at resolve time; again here, as the link is made by path.
-        try folder.checkLinks()
+        // The spool file itself: moved by GroupCommit relative to tmp/ and new/ opened level by
+        // level without following a link, so nothing is made by path here.
         if message.isSpooled && message.homeFolder == folder.path {
             return message.path
         }
+        // Checked at resolve time; again here, as the link is made by path.
+        try folder.checkLinks()
         let tmp = "\(folder.path)/tmp/\(base)"
         if Glibc.link(message.path, tmp) != 0 {
             let code = errno

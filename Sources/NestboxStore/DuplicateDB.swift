@@ -58,6 +58,8 @@ public final class DuplicateDB: @unchecked Sendable {
     /// threads of nestbox-lmtpd.
     private let locks: UnsafeMutablePointer<pthread_mutex_t>
     private var descriptors: [Int32]
+    /// Buckets known to have no directory of the earlier layout (none is made any more).
+    private var legacyGone: [Bool]
 
     public init(directory: String, expiry: Double) {
         self.directory = directory
@@ -65,6 +67,7 @@ public final class DuplicateDB: @unchecked Sendable {
         locks = .allocate(capacity: DuplicateDB.buckets)
         for i in 0..<DuplicateDB.buckets { pthread_mutex_init(locks + i, nil) }
         descriptors = [Int32](repeating: -1, count: DuplicateDB.buckets)
+        legacyGone = [Bool](repeating: false, count: DuplicateDB.buckets)
     }
 
     deinit {
@@ -228,8 +231,20 @@ public final class DuplicateDB: @unchecked Sendable {
     /// Whether `key` was delivered within the expiry. A pending record (written between the
     /// message's rename and its syncs) counts only if the message file it names exists.
     public func contains(_ key: [UInt8]) -> Bool {
-        if legacyContains(key) { return true }
         let bucket = DuplicateDB.bucket(key)
+        pthread_mutex_lock(locks + bucket)
+        let legacy = !legacyGone[bucket]
+        pthread_mutex_unlock(locks + bucket)
+        if legacy {
+            switch legacyLookup(key) {
+            case .found: return true
+            case .noDirectory:
+                pthread_mutex_lock(locks + bucket)
+                legacyGone[bucket] = true
+                pthread_mutex_unlock(locks + bucket)
+            case .notFound: break
+            }
+        }
         let needle = [32] + DuplicateDB.encode(key) + [32]
         var pendingPaths: [String] = []
         var found = false
@@ -415,20 +430,23 @@ public final class DuplicateDB: @unchecked Sendable {
 
     /// A record of the earlier layout: `<xx>/<16 hex>` (`.1` ... after a collision), the key
     /// alone (final) or key, marker and path (pending); its mtime the time of delivery.
-    private func legacyContains(_ key: [UInt8]) -> Bool {
+    private enum LegacyLookup { case found, notFound, noDirectory }
+
+    private func legacyLookup(_ key: [UInt8]) -> LegacyLookup {
         let h = hexString(withUnsafeBytes(of: DuplicateDB.hash(key).bigEndian) { Array($0) })
         let dir = "\(directory)/\(h.prefix(2))"
+        guard Files.isDirectory(dir) else { return .noDirectory }
         let marker = key + [0, UInt8(ascii: "P"), 0]
         for n in 0..<16 {
             let path = n == 0 ? "\(dir)/\(h)" : "\(dir)/\(h).\(n)"
-            guard let st = try? Files.status(path) else { return false }
+            guard let st = try? Files.status(path) else { return .notFound }
             guard wallSeconds() - Double(st.st_mtim.tv_sec) <= expiry, let stored = try? Files.read(path, limit: 8192) else { continue }
-            if stored == key { return true }
+            if stored == key { return .found }
             if stored.count > marker.count && stored.starts(with: marker) {
-                return DuplicateDB.messageExists(String(decoding: stored[marker.count...], as: UTF8.self))
+                return DuplicateDB.messageExists(String(decoding: stored[marker.count...], as: UTF8.self)) ? .found : .notFound
             }
         }
-        return false
+        return .notFound
     }
 
     /// Removes the earlier layout's records older than `age`, and its directories once empty.
