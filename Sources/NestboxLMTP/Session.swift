@@ -100,25 +100,53 @@ public final class LMTPSession {
     public func feed(_ bytes: ArraySlice<UInt8>, into output: inout [UInt8]) {
         guard !closed else { return }
         framer.append(bytes)
+        if let event = held {
+            held = nil
+            process(event, &output)
+        }
+        while !closed, let event = framer.next() { process(event, &output) }
+    }
+
+    /// As `feed`, but stops before the first step that waits for the disk (the end of a
+    /// message: its syncs and the commit round) and returns false there; the server then calls
+    /// `feed` with no new bytes on a thread that may block, which takes it from that step. Every
+    /// other step (commands, recipients, message bytes written to the spool) only touches the
+    /// page cache, so the server runs them without leaving its event loop.
+    public func feedUntilBlocking(_ bytes: ArraySlice<UInt8>, into output: inout [UInt8]) -> Bool {
+        guard !closed else { return true }
+        framer.append(bytes)
+        precondition(held == nil, "feedUntilBlocking with a step still held")
         while !closed, let event = framer.next() {
-            switch event {
-            case .command(let line):
-                if line.contains(0) {
-                    reply(&output, LMTPReply.nulInCommand)
-                } else {
-                    handle(Command.parse(String(decoding: line, as: UTF8.self)), &output)
-                }
-            case .lineTooLong:
-                reply(&output, LMTPReply.lineTooLong)
-            case .messageBytes(let part):
-                writeToSpool(part)
-            case .endOfData:
-                endMessage(&output)
-            case .endOfChunk:
-                let (size, last) = chunk ?? (0, true)
-                chunk = nil
-                endChunk(size: size, last: last, &output)
+            if event == .endOfData || (event == .endOfChunk && (chunk?.last ?? true) && chunkRefusal == nil) {
+                held = event
+                return false
             }
+            process(event, &output)
+        }
+        return true
+    }
+
+    /// An event taken from the framer and left for `feed` (see `feedUntilBlocking`).
+    private var held: LMTPFramer.Event? = nil
+
+    private func process(_ event: LMTPFramer.Event, _ output: inout [UInt8]) {
+        switch event {
+        case .command(let line):
+            if line.contains(0) {
+                reply(&output, LMTPReply.nulInCommand)
+            } else {
+                handle(Command.parse(String(decoding: line, as: UTF8.self)), &output)
+            }
+        case .lineTooLong:
+            reply(&output, LMTPReply.lineTooLong)
+        case .messageBytes(let part):
+            writeToSpool(part)
+        case .endOfData:
+            endMessage(&output)
+        case .endOfChunk:
+            let (size, last) = chunk ?? (0, true)
+            chunk = nil
+            endChunk(size: size, last: last, &output)
         }
     }
 

@@ -29,7 +29,8 @@ final class RefuseHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 }
 
-/// Moves bytes between the socket and the session; the session runs on the thread pool.
+/// Moves bytes between the socket and the session; the end of each message (syncs, commit)
+/// runs on the thread pool, everything else on the event loop.
 final class LMTPHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -74,15 +75,24 @@ final class LMTPHandler: ChannelInboundHandler, @unchecked Sendable {
     static let backPressureBytes = 1 << 20
     private var readingPaused = false
 
+    /// Runs the session over the input read so far: on the event loop up to the end of a
+    /// message (LMTPSession.feedUntilBlocking), and from there on the thread pool, where the
+    /// syncs and the commit round may block.
     private func process(context: ChannelHandlerContext) {
         guard !queued.isEmpty, !closing else { return }
-        busy = true
         let input = queued
         queued = []
+        var out: [UInt8] = []
+        if session.feedUntilBlocking(input[...], into: &out) {
+            answered(out, context: context)
+            return
+        }
+        if !out.isEmpty { write(out, context: context) }
+        busy = true
         let session = self.session
         pool.runIfActive(eventLoop: context.eventLoop) { () -> [UInt8] in
             var out: [UInt8] = []
-            session.feed(input[...], into: &out)
+            session.feed([], into: &out)
             return out
         }.whenComplete { [self] result in
             busy = false
@@ -92,26 +102,31 @@ final class LMTPHandler: ChannelInboundHandler, @unchecked Sendable {
             }
             switch result {
             case .success(let out):
-                if !out.isEmpty { write(out, context: context) }
-                if session.isClosed {
-                    closeAfterFlush(context: context)
-                } else if server.isDraining && !session.inTransaction {
-                    write(session.close(reason: LMTPReply.shuttingDown(session.serverName)), context: context)
-                    closeAfterFlush(context: context)
-                } else if !queued.isEmpty {
-                    process(context: context)
-                } else if inputClosed {
-                    endOfInput(context: context)
-                }
-                if readingPaused && queued.count <= LMTPHandler.backPressureBytes && !closing {
-                    readingPaused = false
-                    context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-                }
+                answered(out, context: context)
             case .failure(let error):
                 Log.error("\(session.sessionID): \(error)")
                 write(session.close(reason: LMTPReply.internalError(session.serverName)), context: context)
                 closeAfterFlush(context: context)
             }
+        }
+    }
+
+    /// Sends the replies to a batch of input and goes on with what came meanwhile.
+    private func answered(_ out: [UInt8], context: ChannelHandlerContext) {
+        if !out.isEmpty { write(out, context: context) }
+        if session.isClosed {
+            closeAfterFlush(context: context)
+        } else if server.isDraining && !session.inTransaction {
+            write(session.close(reason: LMTPReply.shuttingDown(session.serverName)), context: context)
+            closeAfterFlush(context: context)
+        } else if !queued.isEmpty {
+            process(context: context)
+        } else if inputClosed {
+            endOfInput(context: context)
+        }
+        if readingPaused && queued.count <= LMTPHandler.backPressureBytes && !closing {
+            readingPaused = false
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
         }
     }
 
