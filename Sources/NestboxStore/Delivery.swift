@@ -317,8 +317,10 @@ public struct Delivery: Sendable {
     }
 
     /// One log line per recipient, `key=value` in the Postfix manner.
-    public static func logLine(id: String, sender: String?, result: RecipientResult, message: SpooledMessage?) -> String {
+    public static func logLine(id: String, sender: String?, result: RecipientResult, message: SpooledMessage?,
+                               queueID: String? = nil) -> String {
         var parts = ["\(id): from=<\(sender ?? "")>", "to=<\(Names.printable(result.recipient))>"]
+        if let queueID { parts.append("queue_id=\(queueID)") }
         if let m = result.mailbox { parts.append("mailbox=\(Names.printable(m))") }
         if let uid = result.uid { parts.append("uid=\(uid)") }
         if let message {

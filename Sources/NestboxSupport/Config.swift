@@ -69,7 +69,7 @@ public struct Config: Sendable {
             rules: [.oneOf(["off", "userid", "on", "no", "yes", "0", "1", "false", "true"], shown: "off, userid or on")]),
         Key(name: "defaultdomain", kind: .string, defaultValue: "", summary: "with virtdomains, the domain whose users live in the domain-less area"),
         Key(name: "mail_owner", kind: .string, defaultValue: "vmail", summary: "the account that owns the spool; programs started as root switch to it"),
-        Key(name: "servername", kind: .string, defaultValue: "", summary: "host name in Received: lines and Maildir file names (empty: gethostname)"),
+        Key(name: "servername", kind: .string, defaultValue: "", summary: "host name in Received: lines and Maildir file names (empty: the host's fully qualified name in Received:, gethostname in file names)"),
         Key(name: "postuser", kind: .string, defaultValue: "", summary: "local part that means \"deliver to a shared folder\" (`postuser+folder`)"),
         Key(name: "lmtp_downcase_rcpt", kind: .bool, defaultValue: "yes", summary: "lowercase a recipient's local part and domain (never the +detail)"),
         Key(name: "lmtp_over_quota_perm_failure", kind: .bool, defaultValue: "no", summary: "over quota is permanent (5.2.2, exit 73) instead of temporary (4.2.2, exit 75)"),
@@ -212,6 +212,11 @@ public struct Config: Sendable {
     public var serverName: String {
         let s = string("servername")
         return s.isEmpty ? Host.name : s
+    }
+    /// The host in `Received:` lines: `servername`, else the fully qualified host name.
+    public var receivedHost: String {
+        let s = string("servername")
+        return s.isEmpty ? Host.fullyQualifiedName : s
     }
     public var postUser: String { string("postuser") }
     public var downcaseRecipient: Bool { bool("lmtp_downcase_rcpt") }

@@ -46,6 +46,8 @@ final class PostfixPipeTests: PostfixTestCase {
         XCTAssertFalse(text.contains("\r"), "Maildir files use LF line ends")
         XCTAssertTrue(text.contains("\nDelivered-To: alice@\(Self.localDomain)\n"), "pipe flag D header:\n\(text)")
         XCTAssertTrue(text.contains("\nSubject: for alice \(token)\n"), text)
+        // The sample passes ${queue_id}: one grep for Postfix's queue id finds the message.
+        XCTAssertTrue(text.contains(" (queue id \(qid))\n"), "Received: line without Postfix's queue id \(qid):\n\(text.prefix(600))")
         guard let sep = text.range(of: "\n\n") else {
             return XCTFail("no header/body separator in:\n\(text)")
         }
