@@ -44,7 +44,7 @@ extension LMTPServer {
                     if chown(dir, owner.uid, owner.gid) != 0 { throw NestboxFailure.system("chown", dir) }
                 }
             }
-            try LMTPServer.claimSocketPath(path)
+            try LMTPServer.claimSocketPath(path, config: config)
             listeners.append(try bootstrap().bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).wait())
             try secureSocket(path, socketAccount)
             var st = stat()
@@ -58,7 +58,7 @@ extension LMTPServer {
             names.append("inet:\(l)")
         }
         if listeners.isEmpty {
-            throw NestboxFailure(.config, "no listener: set lmtpsocket or lmtp_listen, or start from a systemd socket")
+            throw config.failure("lmtpsocket", "and lmtp_listen are both empty: no listener; set one of them, or start from a systemd socket")
         }
         return names
     }
@@ -72,16 +72,15 @@ extension LMTPServer {
     /// `mail_owner`, and the socket's owner and group. Returns the socket's uid and gid.
     func preflight() throws -> (uid: uid_t, gid: gid_t)? {
         guard geteuid() == 0 else { return nil }
-        guard Privileges.lookup(config.mailOwner) != nil else {
-            throw NestboxFailure(.config, "mail_owner \(config.mailOwner): no such user")
-        }
+        _ = try Privileges.mailOwner(config)
         guard let owner = Privileges.lookup(config.lmtpSocketOwner) else {
-            throw NestboxFailure(.config, "lmtpsocket_owner \(config.lmtpSocketOwner): no such user")
+            // Empty lmtpsocket_owner means mail_owner, checked just above.
+            throw config.failure("lmtpsocket_owner", "no such user")
         }
         var gid = owner.gid
         if !config.lmtpSocketGroup.isEmpty {
             guard let g = getgrnam(config.lmtpSocketGroup) else {
-                throw NestboxFailure(.config, "lmtpsocket_group \(config.lmtpSocketGroup): no such group")
+                throw config.failure("lmtpsocket_group", "no such group")
             }
             gid = g.pointee.gr_gid
         }
@@ -99,13 +98,13 @@ extension LMTPServer {
         let group = config.lmtpSocketGroup
         guard !group.isEmpty else { return }
         guard let g = getgrnam(group) else {
-            throw NestboxFailure(.config, "lmtpsocket_group \(group): no such group")
+            throw config.failure("lmtpsocket_group", "no such group")
         }
         let gid = g.pointee.gr_gid
         if chown(path, uid_t.max, gid) == 0 { return }
         let mode = mode_t(config.lmtpSocketMode)
         if mode & 0o006 == 0o006 { return }  // anyone may connect: the group does not matter
-        throw NestboxFailure(.config, "lmtpsocket_group \(group): cannot give the socket to group \(group) "
+        throw config.failure("lmtpsocket_group", "cannot give the socket to group \(group) "
             + "(uid \(getuid()) is not a member; started as root, nestbox-lmtpd sets it itself); "
             + "members of \(group) could not connect with lmtpsocket_mode \(String(mode, radix: 8))")
     }
@@ -113,14 +112,14 @@ extension LMTPServer {
     /// Makes `path` free for a new socket: nothing there, or a socket nobody answers on (left
     /// by a server that died), which is removed. A socket a server answers on is refused (a
     /// temporary failure: that server is running), and so is anything that is not a socket.
-    static func claimSocketPath(_ path: String) throws {
+    static func claimSocketPath(_ path: String, config: Config) throws {
         var st = stat()
         if lstat(path, &st) != 0 {
             if errno == ENOENT { return }
             throw NestboxFailure.system("lstat", path)
         }
         guard (st.st_mode & S_IFMT) == S_IFSOCK else {
-            throw NestboxFailure(.config, "lmtpsocket \(path): exists and is not a socket; remove it or set another path")
+            throw config.failure("lmtpsocket", "exists and is not a socket; remove it or set another path")
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw NestboxFailure.system("socket", path) }
@@ -129,7 +128,7 @@ extension LMTPServer {
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
         guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw NestboxFailure(.config, "lmtpsocket \(path): path too long for a UNIX socket")
+            throw config.failure("lmtpsocket", "path too long for a UNIX socket")
         }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             for (i, b) in bytes.enumerated() { raw[i] = b }

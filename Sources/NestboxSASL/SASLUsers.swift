@@ -74,15 +74,19 @@ public struct SASLUsers {
     /// The group of a database created here (sasl_sasldb_group); empty: root's.
     public let group: String
     public let lockPolicy: DotLock.Options
+    /// How a `group` that does not exist is reported (the configuration names where it was set).
+    let groupError: @Sendable (String) -> NestboxFailure
 
     /// The created database's mode.
     public static let mode: mode_t = 0o640
 
-    public init(path: String, appName: String, group: String, lockPolicy: DotLock.Options) throws {
+    public init(path: String, appName: String, group: String, lockPolicy: DotLock.Options,
+                groupError: @escaping @Sendable (String) -> NestboxFailure = { NestboxFailure(.config, "sasl_sasldb_group: \($0)") }) throws {
         database = SASLDatabase(path: path)
         server = try SASLServer(appName: appName, databasePath: path)
         self.group = group
         self.lockPolicy = lockPolicy
+        self.groupError = groupError
     }
 
     public enum Change: Sendable, Equatable { case create, change, delete }
@@ -169,7 +173,7 @@ public struct SASLUsers {
     private func groupID() throws -> gid_t? {
         guard !group.isEmpty else { return nil }
         guard let entry = getgrnam(group) else {
-            throw NestboxFailure(.config, "sasl_sasldb_group: no group \(printable(group)) on this system")
+            throw groupError("no such group on this system")
         }
         return entry.pointee.gr_gid
     }

@@ -81,6 +81,10 @@ public struct Delivery: Sendable {
         let root = try store.userRoot(r)
         let inbox = store.inbox(of: root)
         var inboxToCreate: QuotaLimits? = nil
+        // A mailbox this process cannot enter is no unknown user: say why, and defer.
+        if !inbox.exists, let problem = store.accessProblem(reaching: inbox.path) {
+            throw NestboxFailure(.temporary.with(text: problem), "\(r.address): \(problem)")
+        }
         if !inbox.exists {
             guard config.autocreatePost && config.autocreateQuota >= 0 else {
                 // The trap: autocreate_post on, autocreate_quota left at -1 (Cyrus's rule).
@@ -227,11 +231,23 @@ public struct Delivery: Sendable {
         } catch let failure as NestboxFailure {
             result.outcome = failure.outcome
             result.detail = failure.detail
+            // A local error the permissions explain: the reason goes on the client's line too.
+            if failure.outcome == .temporary, let problem = accessProblem(target.folder) {
+                result.outcome = .temporary.with(text: problem)
+                result.detail = "\(failure.detail) (\(problem))"
+            }
         } catch {
             result.outcome = .temporary
             result.detail = "\(error)"
         }
         return result
+    }
+
+    /// Why this process cannot store into `folder` (reach it, write it and its tmp/ and new/).
+    func accessProblem(_ folder: Folder) -> String? {
+        store.accessProblem(reaching: folder.path, writable: true)
+            ?? store.accessProblem(reaching: "\(folder.path)/tmp", writable: true)
+            ?? store.accessProblem(reaching: "\(folder.path)/new", writable: true)
     }
 
     /// Appends a delta to the target's maildirsize; a failure is only logged (the next
@@ -308,8 +324,10 @@ public struct Delivery: Sendable {
     }
 
     /// One log line per recipient, `key=value` in the Postfix manner.
-    public static func logLine(id: String, sender: String?, result: RecipientResult, message: SpooledMessage?) -> String {
+    public static func logLine(id: String, sender: String?, result: RecipientResult, message: SpooledMessage?,
+                               queueID: String? = nil) -> String {
         var parts = ["\(id): from=<\(sender ?? "")>", "to=<\(Names.printable(result.recipient))>"]
+        if let queueID { parts.append("queue_id=\(queueID)") }
         if let m = result.mailbox { parts.append("mailbox=\(Names.printable(m))") }
         if let uid = result.uid { parts.append("uid=\(uid)") }
         if let message {

@@ -41,6 +41,9 @@ public final class DeliveryTransaction {
     public let delivery: Delivery
     /// The queue id of the log lines (`<id>: from=<...> to=<...> status=...`).
     public let id: String
+    /// The queue id of the MTA that handed the message over (Postfix's `${queue_id}`), for the
+    /// `Received:` line and the log lines, so that one grep follows the message.
+    public var queueID: String? = nil
     /// The envelope sender (empty: the null sender; nil: none given, no Return-Path added).
     public let sender: String?
     public private(set) var recipients: [Recipient] = []
@@ -92,7 +95,7 @@ public final class DeliveryTransaction {
     private func refuse(_ address: String, _ error: Error) -> NestboxFailure {
         let f = (error as? NestboxFailure) ?? NestboxFailure(.temporary, "\(error)")
         Log.info(Delivery.logLine(id: id, sender: sender, result: RecipientResult(recipient: address, outcome: f.outcome, detail: f.detail),
-                                  message: nil))
+                                  message: nil, queueID: queueID))
         return f
     }
 
@@ -107,13 +110,14 @@ public final class DeliveryTransaction {
         var received: String
         switch trace {
         case .local:
-            received = "Received: by \(config.serverName) (Nestbox) with local id \(id)"
+            received = "Received: by \(config.receivedHost) (Nestbox) with local id \(id)"
+            if let queueID { received += " (queue id \(queueID))" }
             if attempted == 1, recipients.count == 1, !recipients[0].isShared,
                let r = try? delivery.store.parseRecipient(recipients[0].address) {
                 received += "\n\tfor <\(Names.printable(r.address))>"
             }
         case .lmtp(let helo, let client):
-            received = "Received: from \(Names.printable(helo)) (\(client))\n\tby \(config.serverName) (Nestbox) with LMTP id \(id)"
+            received = "Received: from \(Names.printable(helo)) (\(client))\n\tby \(config.receivedHost) (Nestbox) with LMTP id \(id)"
             if recipients.count == 1 { received += "\n\tfor <\(Names.printable(recipients[0].address))>" }
         }
         received += "; \(Delivery.rfc5322Date())"
@@ -185,7 +189,7 @@ public final class DeliveryTransaction {
                 result = RecipientResult(recipient: r.address, outcome: f.outcome, mailbox: r.target.label, detail: f.detail)
             }
             result.recipient = r.address
-            Log.info(Delivery.logLine(id: id, sender: sender, result: result, message: message))
+            Log.info(Delivery.logLine(id: id, sender: sender, result: result, message: message, queueID: queueID))
             results.append(result)
         }
         message?.remove()

@@ -63,12 +63,67 @@ public struct MailStore: Sendable {
     /// Where mailboxes are built before they are renamed into place.
     public var creationDirectory: String { "\(internalDirectory)/create" }
 
-    /// Makes the mail root and the internal directories if they are missing.
+    /// Makes the mail root and the internal directories if they are missing. A failure this
+    /// process's permissions explain says so, on the client's line too (`accessProblem`).
     public func prepare() throws {
-        try makeParents(root)
-        try Files.makeDirectory(internalDirectory)
-        try Files.makeDirectory(spoolDirectory)
-        try Files.makeDirectory(creationDirectory)
+        do {
+            try makeParents(root)
+            try Files.makeDirectory(internalDirectory)
+            try Files.makeDirectory(spoolDirectory)
+            try Files.makeDirectory(creationDirectory)
+        } catch let failure as NestboxFailure {
+            guard let reason = accessProblem() else { throw failure }
+            throw NestboxFailure(failure.outcome.with(text: reason), reason)
+        }
+    }
+
+    /// Why this process cannot use the mail root and Nestbox's directories in it, in one line
+    /// that names nothing outside the mail root and that a DSN line or an LMTP reply may carry
+    /// ("mail root /var/spool/nestbox not writable by uid 1000: owner root, mode 0755;
+    /// mail_owner is vmail"); nil when the permissions allow what `prepare` does.
+    public func accessProblem() -> String? {
+        let who = Access.Who.current
+        let suffix = "; mail_owner is \(config.mailOwner)"
+        var st = stat()
+        if lstat(root, &st) != 0 && errno == ENOENT {
+            // Created by prepare: the nearest directory above must let us in and write.
+            var above = Files.directoryName(root)
+            while above != "/" && lstat(above, &st) != 0 && errno == ENOENT { above = Files.directoryName(above) }
+            if Access.directoryProblem(above, label: "", for: who, writable: true) != nil {
+                return "mail root \(root) does not exist and cannot be created by \(who.label)\(suffix)"
+            }
+            return nil
+        }
+        let levels = [(root, "mail root"), (internalDirectory, "directory"), (spoolDirectory, "directory"),
+                      (creationDirectory, "directory")]
+        for (i, (path, label)) in levels.enumerated() {
+            // A level must be writable when something is still to be made in it.
+            let writable = i == 0 ? !Files.exists(internalDirectory)
+                : i == 1 ? !Files.exists(spoolDirectory) || !Files.exists(creationDirectory) : true
+            if let problem = Access.directoryProblem(path, label: label, for: who, writable: writable) {
+                return problem + suffix
+            }
+            if !Files.exists(path) { break }
+        }
+        return nil
+    }
+
+    /// Why this process cannot enter `path` (a mailbox's directory below the mail root) or a
+    /// level above it down from the mail root, or (`writable`) create in it; nil when it can,
+    /// or when a level is missing.
+    public func accessProblem(reaching path: String, writable: Bool = false) -> String? {
+        guard let relative = try? Files.relativePath(path, below: root) else { return nil }
+        let who = Access.Who.current
+        var current = root
+        for level in [""] + relative.split(separator: "/").map(String.init) {
+            if !level.isEmpty { current += "/" + level }
+            guard Files.exists(current) else { return nil }
+            if let problem = Access.directoryProblem(current, label: level.isEmpty ? "mail root" : "mailbox directory",
+                                                     for: who, writable: writable && current == path) {
+                return problem + "; mail_owner is \(config.mailOwner)"
+            }
+        }
+        return nil
     }
 
     /// Removes spool files left by a process that died mid-delivery: older than 36 hours by

@@ -69,7 +69,7 @@ public struct Config: Sendable {
             rules: [.oneOf(["off", "userid", "on", "no", "yes", "0", "1", "false", "true"], shown: "off, userid or on")]),
         Key(name: "defaultdomain", kind: .string, defaultValue: "", summary: "with virtdomains, the domain whose users live in the domain-less area"),
         Key(name: "mail_owner", kind: .string, defaultValue: "vmail", summary: "the account that owns the spool; programs started as root switch to it"),
-        Key(name: "servername", kind: .string, defaultValue: "", summary: "host name in Received: lines and Maildir file names (empty: gethostname)"),
+        Key(name: "servername", kind: .string, defaultValue: "", summary: "host name in Received: lines and Maildir file names (empty: the host's fully qualified name in Received:, gethostname in file names)"),
         Key(name: "postuser", kind: .string, defaultValue: "", summary: "local part that means \"deliver to a shared folder\" (`postuser+folder`)"),
         Key(name: "lmtp_downcase_rcpt", kind: .bool, defaultValue: "yes", summary: "lowercase a recipient's local part and domain (never the +detail)"),
         Key(name: "lmtp_over_quota_perm_failure", kind: .bool, defaultValue: "no", summary: "over quota is permanent (5.2.2, exit 73) instead of temporary (4.2.2, exit 75)"),
@@ -119,6 +119,15 @@ public struct Config: Sendable {
     /// Where the values came from, for messages ("the built-in defaults" when no file).
     public private(set) var source: String = "built-in defaults"
     private var values: [String: String] = [:]
+    /// Where each key set by the file or by `-o` was written, for errors found later.
+    private var origins: [String: Origin] = [:]
+
+    /// The place a key was written: `file:line`, or `-o:n` for the n-th `-o`.
+    public struct Origin: Sendable, Equatable, CustomStringConvertible {
+        public let file: String
+        public let line: Int
+        public var description: String { line > 0 ? "\(file):\(line)" : file }
+    }
 
     public init() {
         for key in Config.keys { values[key.name] = key.defaultValue }
@@ -129,6 +138,63 @@ public struct Config: Sendable {
     public func string(_ name: String) -> String {
         precondition(values[name] != nil, "unknown configuration key \(name)")
         return values[name]!
+    }
+
+    /// Where `name` was set; nil when it has its built-in default.
+    public func origin(of name: String) -> Origin? { origins[name] }
+
+    /// The keys the file or `-o` set, in the order of the key table (what `--check-config`
+    /// prints without `--all`).
+    public var keysSet: [Key] { Config.keys.filter { origins[$0.name] != nil } }
+
+    /// A configuration error found after parsing (an account that does not exist, a path that
+    /// cannot be used, two keys that disagree), naming the key as written and where:
+    /// "/etc/nestbox/nestbox.conf:4: mail_owner vmial: no such user", "-o:1: ...", or for a
+    /// built-in default "mail_owner vmail (built-in default): ...".
+    public func failure(_ name: String, _ reason: String, outcome: Outcome = .config) -> NestboxFailure {
+        NestboxFailure(outcome, describe(name, reason))
+    }
+
+    /// `failure`'s text.
+    public func describe(_ name: String, _ reason: String) -> String {
+        let value = string(name)
+        let shown = value.isEmpty ? "\(name) (empty)" : "\(name) \(value)"
+        let place = origins[name].map { "\($0): \(shown)" } ?? "\(shown) (built-in default)"
+        return "\(place): \(reason)\(Config.commentHint(value))"
+    }
+
+    /// A value holding `#` after a space is most likely a comment written after the value.
+    public static func commentHint(_ value: String) -> String {
+        guard let hash = value.firstIndex(of: "#"), hash > value.startIndex,
+              value[value.index(before: hash)] == " " || value[value.index(before: hash)] == "\t" else { return "" }
+        return " (comments are whole lines starting with #: \"\(value[hash...])\" is read as part of the value)"
+    }
+
+    /// The known key nearest to a mistyped one (edit distance, at most a third of its length,
+    /// at least 2), for "did you mean".
+    public static func suggestion(for name: String) -> String? {
+        let wanted = Array(name.lowercased())
+        var best: (String, Int)? = nil
+        for key in keys {
+            let d = editDistance(wanted, Array(key.name))
+            if d < (best?.1 ?? Int.max) { best = (key.name, d) }
+        }
+        guard let (key, distance) = best, distance <= max(2, wanted.count / 3) else { return nil }
+        return key
+    }
+
+    /// Levenshtein distance.
+    static func editDistance(_ a: [Character], _ b: [Character]) -> Int {
+        if a.isEmpty { return b.count }
+        var previous = Array(0...b.count)
+        for (i, x) in a.enumerated() {
+            var current = [i + 1] + [Int](repeating: 0, count: b.count)
+            for (j, y) in b.enumerated() {
+                current[j + 1] = Swift.min(previous[j + 1] + 1, current[j] + 1, previous[j] + (x == y ? 0 : 1))
+            }
+            previous = current
+        }
+        return previous[b.count]
     }
 
     public func bool(_ name: String) -> Bool { Config.parseBool(string(name))! }
@@ -146,6 +212,11 @@ public struct Config: Sendable {
     public var serverName: String {
         let s = string("servername")
         return s.isEmpty ? Host.name : s
+    }
+    /// The host in `Received:` lines: `servername`, else the fully qualified host name.
+    public var receivedHost: String {
+        let s = string("servername")
+        return s.isEmpty ? Host.fullyQualifiedName : s
     }
     public var postUser: String { string("postuser") }
     public var downcaseRecipient: Bool { bool("lmtp_downcase_rcpt") }
@@ -231,8 +302,21 @@ public struct Config: Sendable {
 
     public mutating func set(_ key: String, _ value: String, file: String, line: Int) throws {
         guard let spec = Config.keys.first(where: { $0.name == key }) else {
-            throw ParseError(file: file, line: line, reason: "unknown key \"\(key.prefix(80))\"")
+            let hint = Config.suggestion(for: key).map { " (did you mean \($0)?)" } ?? ""
+            throw ParseError(file: file, line: line, reason: "unknown key \"\(key.prefix(80))\"\(hint)")
         }
+        do {
+            try check(spec, value, file: file, line: line)
+        } catch let e as ParseError {
+            throw ParseError(file: e.file, line: e.line, reason: e.reason + Config.commentHint(value))
+        }
+        values[key] = value
+        origins[key] = Origin(file: file, line: line)
+    }
+
+    /// Throws when `value` is not of `spec`'s kind or breaks one of its rules.
+    private func check(_ spec: Key, _ value: String, file: String, line: Int) throws {
+        let key = spec.name
         if value.utf8.contains(where: { $0 < 0x20 || $0 == 0x7f }) {
             throw ParseError(file: file, line: line, reason: "\(key): control character in value")
         }
@@ -267,7 +351,6 @@ public struct Config: Sendable {
         if let reason = spec.rules.lazy.compactMap({ Config.broken($0, value) }).first {
             throw ParseError(file: file, line: line, reason: "\(key): \(reason)")
         }
-        values[key] = value
     }
 
     /// Why `value` (already of the key's kind) breaks `rule`; nil if it keeps it.

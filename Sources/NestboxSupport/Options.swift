@@ -103,6 +103,13 @@ public struct OptionSpec: Sendable {
         }
     }
 
+    /// The same spec with `more` options before --help and --version.
+    public func adding(_ more: [Option]) -> OptionSpec {
+        let own = options.filter { $0.name != OptionSpec.help.name && $0.name != OptionSpec.version.name }
+        return OptionSpec(program: program, version: version, operands: operands, otherForms: otherForms,
+                          summary: summary, options: own + more, epilogue: epilogue)
+    }
+
     public var versionText: String { "\(program) \(version)\n" }
 
     /// The usage synopsis (wrapped under the program name), the summary, one line per option,

@@ -20,17 +20,21 @@ public enum Privileges {
         return Account(name: name, uid: pw.pointee.pw_uid, gid: pw.pointee.pw_gid)
     }
 
-    /// When running as root, becomes `owner` for good; otherwise does nothing (the process
-    /// already runs as whoever Postfix or the administrator chose). Always sets umask 077.
-    public static func dropIfRoot(to owner: String) throws {
+    /// The mail owner's account; a configuration error naming `mail_owner` where it was
+    /// written when it does not exist or is root.
+    public static func mailOwner(_ config: Config) throws -> Account {
+        guard let account = lookup(config.mailOwner) else { throw config.failure("mail_owner", "no such user") }
+        guard account.uid != 0 else { throw config.failure("mail_owner", "refusing to deliver as root (uid 0)") }
+        return account
+    }
+
+    /// When running as root, becomes the mail owner for good; otherwise does nothing (the
+    /// process already runs as whoever Postfix or the administrator chose). Always sets umask 077.
+    public static func dropIfRoot(config: Config) throws {
         umask(0o077)
         guard geteuid() == 0 || getuid() == 0 else { return }
-        guard let account = lookup(owner) else {
-            throw NestboxFailure(.config, "mail_owner \(owner): no such user")
-        }
-        guard account.uid != 0 else {
-            throw NestboxFailure(.config, "mail_owner \(owner): refusing to deliver as root")
-        }
+        let account = try mailOwner(config)
+        let owner = account.name
         var gid = account.gid
         if setgroups(1, &gid) != 0 { throw NestboxFailure.system("setgroups", owner) }
         if setgid(account.gid) != 0 { throw NestboxFailure.system("setgid", owner) }

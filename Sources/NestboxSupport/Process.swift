@@ -32,6 +32,20 @@ public enum Host {
         let n = String(cString: buffer)
         return n.isEmpty ? "localhost" : n
     }()
+
+    /// The fully qualified name, as Postfix's `myhostname` defaults to it: the canonical name
+    /// getaddrinfo(3) gives for the host name when it has a dot, else the host name itself.
+    public static let fullyQualifiedName: String = {
+        if name.contains(".") { return name }
+        var hints = addrinfo()
+        hints.ai_flags = AI_CANONNAME
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var result: UnsafeMutablePointer<addrinfo>? = nil
+        guard getaddrinfo(name, nil, &hints, &result) == 0, let first = result else { return name }
+        defer { freeaddrinfo(result) }
+        guard let canonical = first.pointee.ai_canonname.map({ String(cString: $0) }), canonical.contains(".") else { return name }
+        return canonical
+    }()
 }
 
 /// Random bytes from the kernel (/dev/urandom; falls back to time and pid if it cannot be read).

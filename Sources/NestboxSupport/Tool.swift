@@ -33,6 +33,11 @@ public final class Tool {
         help: "override one configuration key (repeatable)")
     public static let logToStandardError = OptionSpec.Option.flag("L", name: "log-stderr",
         help: "log to standard error instead of syslog")
+    /// Every program's configuration check (ConfigCheck.swift), added to every spec by `init`.
+    public static let checkConfig = OptionSpec.Option.flag(long: "check-config",
+        help: "print the configuration keys set, check every value, exit 0 or 78")
+    public static let allKeys = OptionSpec.Option.flag(long: "all-keys",
+        help: "with --check-config, print every key, defaults included")
 
     public let spec: OptionSpec
     public let reporting: Reporting
@@ -46,7 +51,7 @@ public final class Tool {
     private var logging: Log.Destination? = nil
 
     public init(_ spec: OptionSpec, reporting: Reporting) {
-        self.spec = spec
+        self.spec = spec.adding([Tool.checkConfig, Tool.allKeys])
         self.reporting = reporting
     }
 
@@ -71,11 +76,20 @@ public final class Tool {
         case .version: print(spec.versionText, terminator: ""); finish(.delivered)
         case .run: break
         }
+        let checking = options.has(Tool.checkConfig.name)
+        if options.has(Tool.allKeys.name) && !checking { usageError("--all-keys goes with --check-config") }
         do {
             config = try Config.load(explicitPath: options.value(Tool.configFile.name), environment: environment,
                                      overrides: options.values(Tool.override.name))
         } catch {
+            if checking { checkConfigExit(["\(error)"]) }
             finish(.config, detail: "\(error)")
+        }
+        if checking {
+            let check = ConfigCheck(config)
+            print(check.listing(all: options.has(Tool.allKeys.name)), terminator: "")
+            for w in check.warnings { fputs("\(spec.program): warning: \(w)\n", stderr) }
+            checkConfigExit(check.errors)
         }
         lockPolicy = config.lockPolicy
         let destination: Log.Destination = options.has(Tool.logToStandardError.name) ? .stderr : config.logDestination
@@ -84,11 +98,19 @@ public final class Tool {
         return self
     }
 
+    /// The end of `--check-config`: each error on standard error (never on a DSN line: the
+    /// administrator runs this), exit 78 if there is one, else 0.
+    private func checkConfigExit(_ errors: [String]) -> Never {
+        for e in errors { fputs("\(spec.program): error: \(e)\n", stderr) }
+        fflush(stdout)
+        exit(errors.isEmpty ? Outcome.delivered.exitCode : Outcome.config.exitCode)
+    }
+
     /// Becomes the mail owner if started as root (see Privileges.swift); exits through `fail`
     /// if that cannot be done.
     public func dropPrivileges() {
         do {
-            try Privileges.dropIfRoot(to: config.mailOwner)
+            try Privileges.dropIfRoot(config: config)
         } catch {
             fail((error as? NestboxFailure) ?? NestboxFailure(.temporary, "drop privileges: \(error)"))
         }

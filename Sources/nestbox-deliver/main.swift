@@ -28,6 +28,7 @@ let spec = OptionSpec(
         Tool.logToStandardError,
         .flag("d", "e", name: "ignored", help: "ignored (compatibility with Cyrus deliver)"),
         .flag("l", name: "lmtp", help: "speak LMTP on standard input/output (as nestbox-lmtpd -i)"),
+        .value(long: "queue-id", "id", help: "the MTA's queue id (Postfix: ${queue_id}), put in Received: and the log"),
     ],
     epilogue: """
     Exit status: 0 delivered, 64 usage, 65 bad message, 67 unknown user, 73 permanent refusal,
@@ -44,6 +45,7 @@ struct Options {
     var authID: String?
     var ignoreQuota: Bool
     var lmtp: Bool
+    var queueID: String?
     var users: [String]
 
     init(_ parsed: ParsedOptions) {
@@ -53,6 +55,8 @@ struct Options {
         authID = parsed.value("authid")
         ignoreQuota = parsed.has("ignore-quota")
         lmtp = parsed.has("lmtp")
+        // pipe(8) passes "" when it has no queue id to give.
+        queueID = parsed.value("queue-id").flatMap { $0.isEmpty ? nil : $0 }
         users = parsed.operands
     }
 }
@@ -89,6 +93,10 @@ if options.lmtp {
     finish(.delivered)
 }
 if options.users.isEmpty && options.folder == nil { tool.usageError("no user and no -m folder given") }
+// A Postfix queue id is letters and digits; anything else would not belong in a header.
+if let id = options.queueID, id.count > 64 || !id.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0)) }) {
+    tool.usageError("--queue-id \(printable(id)): expected letters and digits")
+}
 
 tool.dropPrivileges()
 
@@ -105,6 +113,7 @@ do {
 // Every recipient is resolved before the message is read; the transaction spools it once and
 // stores it for each (DeliveryTransaction.swift).
 let transaction = DeliveryTransaction(delivery: Delivery(store: store), id: hexString(randomBytes(5)).uppercased(), sender: sender)
+transaction.queueID = options.queueID
 var results: [RecipientResult] = []
 func refused(_ recipient: String, _ error: Error) -> RecipientResult {
     let f = (error as? NestboxFailure) ?? NestboxFailure(.temporary, "\(error)")

@@ -146,7 +146,8 @@ let typed = checking ?? parsed.operands[0]
 let name = tool.orFail { try SASLName(typed, realm: parsed.value("realm"), defaultRealm: defaultRealm) }
 let users = tool.orFail {
     try SASLUsers(path: path, appName: parsed.value("appname") ?? "saslpasswd",
-                  group: config.string("sasl_sasldb_group"), lockPolicy: tool.lockPolicy)
+                  group: config.string("sasl_sasldb_group"), lockPolicy: tool.lockPolicy,
+                  groupError: { [config] in config.failure("sasl_sasldb_group", $0) })
 }
 let verbose = parsed.has("verbose")
 if verbose { print("using \(SASLServer.libraryVersion), database \(path)") }

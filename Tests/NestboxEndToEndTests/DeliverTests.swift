@@ -93,6 +93,55 @@ final class DeliverTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("msgid=<m1@example.org> status=sent (delivered)"), r.stderr)
     }
 
+    /// The Received: line names the host as Postfix does (servername when set, else the fully
+    /// qualified name, as `hostname --fqdn` finds it) and carries Postfix's queue id from
+    /// --queue-id, which the delivery's log line carries too.
+    func testReceivedNamesTheHostAndThePostfixQueueID() throws {
+        let f = try DeliverFixture()
+        try f.makeUser("alice")
+        let r = try f.deliver(["--queue-id", "4XyZ1s2Qz3", "-r", "s@example.org", "alice"], sampleMessage)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        let fqdn = try Harness.run("/bin/hostname", ["--fqdn"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let short = try Harness.run("/bin/hostname", []).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let host = fqdn.contains(".") ? fqdn : short
+        let text = f.body(try XCTUnwrap(try f.messages("alice").first))
+        let received = try XCTUnwrap(text.range(of: #"Received: by \S+ \(Nestbox\) with local id [0-9A-F]+ \(queue id 4XyZ1s2Qz3\)\n\tfor <alice>; "#,
+                                                options: .regularExpression), text)
+        XCTAssertTrue(text[received].hasPrefix("Received: by \(host) (Nestbox)"), "\(text[received]) names \(host)")
+        XCTAssertTrue(r.stderr.contains("queue_id=4XyZ1s2Qz3 to=<alice>") || r.stderr.contains("to=<alice> queue_id=4XyZ1s2Qz3"), r.stderr)
+
+        try f.set("servername", "mx.example.test")
+        XCTAssertEqual(try f.deliver(["--queue-id", "ABC123", "alice"], sampleMessage).status, 0)
+        let sorted = try f.messages("alice").sorted { ($0.uid ?? 0) < ($1.uid ?? 0) }
+        XCTAssertEqual(sorted.count, 2)
+        let second = f.body(try XCTUnwrap(sorted.last))
+        XCTAssertTrue(second.hasPrefix("Received: by mx.example.test (Nestbox) with local id "), second)
+        XCTAssertTrue(second.contains(" (queue id ABC123)\n"), second)
+        // pipe(8) passes an empty ${queue_id} when it has none: no queue id then.
+        XCTAssertEqual(try f.deliver(["--queue-id", "", "alice"], sampleMessage).status, 0)
+        let third = try XCTUnwrap(try f.messages("alice").sorted { ($0.uid ?? 0) < ($1.uid ?? 0) }.dropFirst(2).first)
+        XCTAssertFalse(f.body(third).contains("queue id"))
+        let bad = try f.deliver(["--queue-id", "A\nX-Injected: 1", "alice"], sampleMessage)
+        XCTAssertEqual(bad.status, 64, "a queue id is letters and digits")
+        XCTAssertEqual(try f.messages("alice").count, 3)
+    }
+
+    /// Without servername, a host whose name resolves to a fully qualified one (here a host
+    /// name and /etc/hosts of our own, in private namespaces) is named by its full name.
+    func testReceivedUsesTheFullyQualifiedHostName() throws {
+        let f = try DeliverFixture()
+        try f.makeUser("alice")
+        try "127.0.0.1 localhost\n127.0.1.1 mx.example.test mx\n".write(toFile: "\(f.dir)/hosts", atomically: true, encoding: .utf8)
+        let probe = try Harness.run("/usr/bin/unshare", ["--uts", "--mount", "true"])
+        try XCTSkipIf(probe.status != 0, "no namespaces here (\(probe.stderr)): the host's own name is checked by testReceivedNamesTheHostAndThePostfixQueueID")
+        let r = try Harness.run("/usr/bin/unshare", ["--uts", "--mount", "/bin/sh", "-c",
+            "hostname mx && mount --bind \(f.dir)/hosts /etc/hosts && exec \(Harness.binary("nestbox-deliver")) -C \(f.configPath) alice"],
+            input: Data(sampleMessage.utf8))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        let text = f.body(try XCTUnwrap(try f.messages("alice").first))
+        XCTAssertTrue(text.hasPrefix("Received: by mx.example.test (Nestbox) with local id "), text)
+    }
+
     func testNullSenderAndMailerDaemon() throws {
         let f = try DeliverFixture()
         try f.makeUser("alice")

@@ -321,7 +321,7 @@ final class PasswdCommandTests: XCTestCase {
             XCTAssertEqual(st.st_mode & 0o7777, 0o600, "\(args) changed the mode")
         }
         let badGroup = try passwd(["-o", "sasl_sasldb_group=no-such-group-here", "-f", "\(dir)/other", "-c", "x"], input: "pw\n")
-        assertRefused(badGroup, 78, "no group no-such-group-here")
+        assertRefused(badGroup, 78, "-o:1: sasl_sasldb_group no-such-group-here: no such group on this system")
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/other"))
     }
 

@@ -46,6 +46,8 @@ final class PostfixPipeTests: PostfixTestCase {
         XCTAssertFalse(text.contains("\r"), "Maildir files use LF line ends")
         XCTAssertTrue(text.contains("\nDelivered-To: alice@\(Self.localDomain)\n"), "pipe flag D header:\n\(text)")
         XCTAssertTrue(text.contains("\nSubject: for alice \(token)\n"), text)
+        // The sample passes ${queue_id}: one grep for Postfix's queue id finds the message.
+        XCTAssertTrue(text.contains(" (queue id \(qid))\n"), "Received: line without Postfix's queue id \(qid):\n\(text.prefix(600))")
         guard let sep = text.range(of: "\n\n") else {
             return XCTFail("no header/body separator in:\n\(text)")
         }
@@ -114,6 +116,25 @@ final class PostfixPipeTests: PostfixTestCase {
         try requireStatus(qid: qid, recipient: rcpt, "sent", dsn: "2.0.0", after: seen)
         let found = try waitForMessage(in: "\(mailRoot)/carol/new", containing: token)
         XCTAssertEqual(filesContaining(token, under: mailRoot), ["carol/new/\(found)"])
+    }
+
+    /// A mail root that the mail owner cannot write (here: owned by root) defers the message,
+    /// and the reason is in Postfix's own log line and in `postqueue -p`, not only in syslog.
+    func testMailRootNotWritableDefersWithTheReasonInPostfixsLog() throws {
+        try makeMaildir("dora")
+        Harness.removeTree("\(mailRoot)/.nestbox")
+        XCTAssertEqual(chown(mailRoot, 0, 0), 0)
+        chmod(mailRoot, 0o755)
+        defer { try? Harness.chownToMailOwner(mailRoot) }
+        let rcpt = "dora@\(Self.localDomain)"
+        let qid = try send(to: rcpt, subject: "for dora", body: "The spool belongs to root. \(Self.token())")
+        let uid = getpwnam(Harness.mailOwner)!.pointee.pw_uid
+        let reason = "mail root \(mailRoot) not writable by uid \(uid) (vmail): owner root, mode 0755; mail_owner is vmail"
+        let line = try requireStatus(qid: qid, recipient: rcpt, "deferred", dsn: "4.3.0")
+        XCTAssertTrue(line.contains(reason), line)
+        let queue = try Harness.sh("/usr/sbin/postqueue -c \(configDir) -p")
+        let flat = queue.stdout.split(whereSeparator: { $0 == " " || $0 == "\n" }).joined(separator: " ")
+        XCTAssertTrue(flat.contains(qid) && flat.contains("not writable by uid \(uid)"), queue.stdout)
     }
 
     /// (d) user+Folder delivers into the folder when it exists and anyone may post to it.

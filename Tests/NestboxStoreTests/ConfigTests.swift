@@ -317,4 +317,53 @@ final class ConfigTests: TempDirTestCase {
             XCTAssertEqual(c.partition, "/var/spool/nestbox")
         }
     }
+
+    /// An unknown key names the nearest known one; nothing when none is near.
+    func testUnknownKeySuggestsTheNearestKey() {
+        let table: [(String, String?)] = [
+            ("mail_ower", "mail_owner"), ("partition_default", "partition-default"), ("Mail_Owner", "mail_owner"),
+            ("lmtpsocketgroup", "lmtpsocket_group"), ("duplicate_expiry", "duplicate_expire"),
+            ("no_such_key", nil), ("x", nil), ("sasl_pwcheck_method", nil),
+        ]
+        for (key, wanted) in table {
+            XCTAssertEqual(Config.suggestion(for: key), wanted, key)
+            var c = Config()
+            XCTAssertThrowsError(try c.parse("\(key): 1\n", file: "/etc/nb.conf")) { error in
+                let reason = (error as? Config.ParseError)?.reason ?? ""
+                if let wanted {
+                    XCTAssertEqual(reason, "unknown key \"\(key)\" (did you mean \(wanted)?)")
+                } else {
+                    XCTAssertEqual(reason, "unknown key \"\(key)\"")
+                }
+            }
+        }
+    }
+
+    /// A "# comment" after a value is part of it: an error about such a value says so.
+    func testTrailingCommentGetsAHint() {
+        var c = Config()
+        XCTAssertThrowsError(try c.parse("lmtp_strict_quota: yes # strict\n", file: "/etc/nb.conf")) { error in
+            XCTAssertEqual("\(error)", "/etc/nb.conf:1: lmtp_strict_quota: expected yes/no, on/off, true/false or 1/0, got \"yes # strict\" "
+                           + "(comments are whole lines starting with #: \"# strict\" is read as part of the value)")
+        }
+        XCTAssertEqual(Config.commentHint("a#b"), "", "a # inside a word is no comment")
+        XCTAssertEqual(Config.commentHint("plain"), "")
+    }
+
+    /// Errors found after parsing name the key as written and where: file:line, -o, or the
+    /// built-in default; keysSet lists what the file and -o set.
+    func testLaterErrorsNameTheKeyAndWhereItWasSet() throws {
+        let path = writeConf("later.conf", "# owner\n\nmail_owner: vmial\nservername: mx.test\n")
+        let c = try Config.load(explicitPath: path, environment: [:], overrides: ["lock_timeout=5", "lmtpsocket_group=nosuch"])
+        XCTAssertEqual(c.failure("mail_owner", "no such user").detail, "\(path):3: mail_owner vmial: no such user")
+        XCTAssertEqual(c.failure("mail_owner", "x").outcome, .config)
+        XCTAssertEqual(c.describe("lmtpsocket_group", "no such group"), "-o:2: lmtpsocket_group nosuch: no such group")
+        XCTAssertEqual(c.describe("lmtpsocket_owner", "no such user"), "lmtpsocket_owner (empty) (built-in default): no such user")
+        XCTAssertEqual(c.origin(of: "servername")?.description, "\(path):4")
+        XCTAssertNil(c.origin(of: "maxmessagesize"))
+        XCTAssertEqual(c.keysSet.map(\.name), ["mail_owner", "servername", "lmtpsocket_group", "lock_timeout"])
+        let hinted = try Config.load(explicitPath: writeConf("hash.conf", "mail_owner: vmail # the owner\n"), environment: [:])
+        XCTAssertTrue(hinted.describe("mail_owner", "no such user").hasSuffix(
+            ": mail_owner vmail # the owner: no such user (comments are whole lines starting with #: \"# the owner\" is read as part of the value)"))
+    }
 }
