@@ -7,7 +7,8 @@
 #   --lmtp N   messages per LMTP count (default 1000)
 #   --pipe N   deliveries per pipe count (default 100)
 #   --perf     also `perf record -g` nestbox-lmtpd (duplicate suppression on) during its
-#              untraced LMTP run and print the top of `perf report --no-children`
+#              untraced LMTP run and print the top of `perf report --no-children` (by library,
+#              by function) and of `perf report --children`
 #   --keep     keep the work directory (/tmp/nestbox-syscalls.XXXXXX): logs, strace summaries
 #
 # Needs root, strace, perf (linux-perf), smtp-source (postfix), dovecot-core, dovecot-lmtpd and
@@ -332,12 +333,17 @@ csv() { awk -v k="$2" -v m="${msgs[$1]}" -v f="$3" '$1 == k { printf f, $2 / m }
     echo
     echo "perf record -g -p <nestbox-lmtpd, dup on> during its untraced $lmtp_n-message LMTP run (CPU samples only: time"
     echo "waiting for the disk is not in it); perf report --no-children --sort dso, then --sort dso,symbol (top 30):"
+    demangle() { if command -v swift >/dev/null 2>&1; then swift demangle --simplified; else cat; fi; }
     report() {
       perf report -i "$work/perf.data" --no-children --stdio -g none --percent-limit 0.5 "$@" 2>/dev/null \
         | grep -v '^#' | grep -v '^$' | sed 's/[[:space:]]*$//; s/[[:space:]]*-[[:space:]]*-$//'
     }
     report --sort dso | head -n 12
     echo
-    report --sort dso,symbol | head -n 30 | { if command -v swift >/dev/null 2>&1; then swift demangle --simplified; else cat; fi; }
+    report --sort dso,symbol | head -n 30 | demangle
+    echo
+    echo "the same with --children (time spent in a function and what it calls), entries of 5% and more:"
+    perf report -i "$work/perf.data" --children --stdio -g none --percent-limit 5 --sort symbol 2>/dev/null \
+      | grep -v '^#' | grep -v '^$' | head -n 60 | demangle | sed 's/[[:space:]]*$//'
   fi
 }
