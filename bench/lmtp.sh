@@ -1,20 +1,26 @@
 #!/bin/bash
 # Side-by-side LMTP benchmark: nestbox-lmtpd against Dovecot 2.3 LMTP and Cyrus 3.6 lmtpd, in the
 # same run, on the same disk, with the same load generator (Postfix's smtp-source -L), all on
-# 127.0.0.1. Prints messages/s per server and the ratios Nestbox/Dovecot and Nestbox/Cyrus
-# (above 1: Nestbox is faster), then the peak RSS of nestbox-lmtpd receiving one 50 MB message.
+# 127.0.0.1. nestbox-lmtpd runs twice side by side, with duplicate suppression off and on (two
+# servers, two sets of rows). Prints the disk's limit for a safe delivery (bench/limit.sh)
+# measured before and after the rows, messages/s per server, and for each Nestbox row the
+# ratios Nestbox/Dovecot and Nestbox/Cyrus (above 1: Nestbox is faster) and Nestbox/limit;
+# then the peak RSS of nestbox-lmtpd receiving one 50 MB message.
 #
-#   bench/lmtp.sh [--install] [--big] [--rounds N] [--dup] [--keep]
+#   bench/lmtp.sh [--install] [--big] [--rounds N] [--dup | --no-dup] [--keep]
 #
 #   --install   apt-get install the missing Debian packages (postfix for smtp-source,
 #               dovecot-core dovecot-lmtpd, cyrus-common); without it the script
 #               only names them and exits 69.
 #   --big       also run row 4: 1000 messages into a mailbox that already holds 100k (slow:
-#               several minutes more, mostly to build the three 100k mailboxes).
+#               several minutes more, mostly to build the 100k mailboxes).
 #   --rounds N  repeat each row N times (default 3) and report the median; every round goes to
-#               fresh mailboxes and the servers take turns at going first. The default run
-#               (rows 1-3, 3 rounds) takes about 2 minutes; --big adds 5-10.
-#   --dup       run nestbox-lmtpd with duplicatesuppression on (default off, like Dovecot).
+#               fresh mailboxes and the servers take turns at going first. The time follows the
+#               disk: rows 1-3 with --rounds 1 took 8 minutes on a busy machine whose 1-writer
+#               limit was 80-120 msg/s; each round adds the rows again; --big adds 5-10 minutes.
+#   --dup       run only nestbox-lmtpd with duplicatesuppression on (the default setting).
+#   --no-dup    run only nestbox-lmtpd with duplicatesuppression off (as Dovecot, which has none).
+#               Without either, both run.
 #   --keep      keep the work directory (/tmp/nestbox-lmtp.XXXXXX) with the mail and the logs.
 #
 # Needs root (the servers run as vmail / cyrus). Everything it needs is set up here, in a fresh
@@ -23,18 +29,26 @@
 #
 # Method (shared/docs/BENCHMARKS.md): ratios measured side by side, same durability:
 #   - nestbox-lmtpd (.build/release; built with `swift build -c release --product nestbox-lmtpd`
-#     when missing) fsyncs every delivery (file and directory) before its 250 reply;
-#     duplicatesuppression off (Dovecot has none; --dup turns it on).
+#     when missing) fsyncs every delivery (file and directory) before its 250 reply; two
+#     instances, each with its own mail root: duplicatesuppression off (as Dovecot, which has
+#     none) and on (Nestbox's default; smtp-source gives every message its own Message-ID, so
+#     every delivery is stored and recorded).
 #   - Dovecot LMTP, Maildir, mail_fsync = always, the quota plugin as in the anchor (maildirsize
 #     kept up to date, as Nestbox does).
 #   - Cyrus lmtpd with its default fsync behaviour and default duplicate suppression, started
 #     by Cyrus's master as user cyrus, prefork=2 maxchild=8 as in the anchor.
-#   Ports: Dovecot 24251, Cyrus 24252, Nestbox 24253. Each server gets a fresh mail root; each
+#   Ports: Dovecot 24251, Cyrus 24252, Nestbox 24253 (duplicate suppression off) and 24254
+#   (on). Each server gets a fresh mail root; each
 #   row and round delivers to its own new user, so a row never sees the mail of an earlier one;
 #   each such mailbox is created (autocreate) by one untimed delivery just before the timed run
 #   (Cyrus answers 451 "Mailbox already exists" when 4 sessions autocreate one mailbox at
 #   once). Before each timed run: `sync`, so that no server pays for the writeback of another. Each server gets 5 untimed warm-up messages after it starts.
 #   Wall time is that of smtp-source (connect to last reply), messages/s = messages / time.
+#   The disk's limit (bench/limit.sh, same work directory, so the same file system) is measured
+#   after the warm-up, before the first row, and again after the last row (before the memory
+#   test); each Nestbox row is divided by the mean of the two figures of the matching load:
+#   rows 1 and 4 by the 1-writer limit, row 2 by 4 writers into one directory, row 3 by 4 writers
+#   into 4 directories.
 #   After every run the messages in the mailbox are counted (Maildir: new/ + cur/; Cyrus: the
 #   `<uid>.` files in the directory `mbpath` names); a wrong count marks the cell "BAD".
 #
@@ -54,17 +68,17 @@
 #      into it (so any first-look work is not timed) before the timed rounds; the rounds add to
 #      the same mailbox. (Dovecot's LMTP process reads and parses the whole dovecot-uidlist,
 #      ~4.7 MB here, at every delivery: its figure in this row is bound by CPU, not by fsync.)
-# Memory: a fresh nestbox-lmtpd receives one message with a 50 MB body (smtp-source
-#   -l 52428800 -m 1); its VmHWM (and that of any child process) is read from /proc while it
-#   runs and after.
+# Memory: a fresh nestbox-lmtpd (each configuration in turn) receives one message with a 50 MB
+#   body (smtp-source -l 52428800 -m 1); its VmHWM (and that of any child process) is read from
+#   /proc while it runs and after.
 
 set -u
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-PORT_D=24251 PORT_C=24252 PORT_N=24253
+PORT_D=24251 PORT_C=24252 PORT_N=24253 PORT_ND=24254
 SIZE=4096
 BIG_COUNT=100000
-install=no big=no rounds=3 keep=no dup=no
+install=no big=no rounds=3 keep=no dups="no yes"
 
 while [ $# -gt 0 ]; do
   case $1 in
@@ -72,7 +86,8 @@ while [ $# -gt 0 ]; do
     --big) big=yes ;;
     --rounds) shift; rounds=${1:-}; case $rounds in ''|*[!0-9]*|0) echo "--rounds needs a number >= 1" >&2; exit 64 ;; esac ;;
     --keep) keep=yes ;;
-    --dup) dup=yes ;;
+    --dup) dups=yes ;;
+    --no-dup) dups=no ;;
     -h|--help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 64 ;;
   esac
@@ -81,6 +96,11 @@ done
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "lmtp.sh: $*"; exit 1; }
+
+# The disk's limit: limit_build, limit_measure, limit_describe (see bench/limit.sh).
+. "$repo/bench/limit.sh"
+# Process helpers and the server configurations shared with bench/syscalls.sh.
+. "$repo/bench/common.sh"
 
 [ "$(id -u)" -eq 0 ] || die "needs root (the servers run as vmail and cyrus)"
 
@@ -131,48 +151,28 @@ id vmail >/dev/null 2>&1 || useradd -r -d /nonexistent -s /usr/sbin/nologin vmai
 # ---------------------------------------------------------------- work dir and cleanup
 work=$(mktemp -d /tmp/nestbox-lmtp.XXXXXX) || die "mktemp failed"
 chmod 755 "$work"
-nb_pid="" bg_pids=""
+declare -A nb_pids   # nestbox server id -> pid
+bg_pids=""
 
-kill_wait() { # pid [seconds]: TERM, wait (bounded), then KILL
-  local pid=$1 n=$(( ${2:-10} * 10 ))
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  while [ $n -gt 0 ] && kill -0 "$pid" 2>/dev/null; do sleep 0.1; n=$((n-1)); done
-  kill -KILL "$pid" 2>/dev/null
+
+stop_nestbox() { # id
+  local pid=${nb_pids[$1]:-}
+  [ -n "$pid" ] && { kill_wait "$pid"; wait "$pid" 2>/dev/null; unset "nb_pids[$1]"; }
   return 0
 }
-children_of() { cat /proc/"$1"/task/*/children 2>/dev/null; }
-kill_tree() { # pid: KILL it and everything below it
-  local c
-  for c in $(children_of "$1"); do kill_tree "$c"; done
-  kill -KILL "$1" 2>/dev/null
-}
-
-stop_nestbox() { [ -n "$nb_pid" ] && { kill_wait "$nb_pid"; wait "$nb_pid" 2>/dev/null; nb_pid=""; }; return 0; }
-stop_dovecot() {
-  local f=$work/dovecot/run/master.pid pid kids
-  [ -f "$f" ] || return 0
-  pid=$(cat "$f"); kids=$(children_of "$pid")
-  kill_wait "$pid"
-  for k in $kids; do kill -KILL "$k" 2>/dev/null; done
-  rm -f "$f"
-}
-stop_cyrus() {
-  local f=$work/cyrus/run/master.pid pid kids
-  [ -f "$f" ] || return 0
-  pid=$(cat "$f"); kids=$(children_of "$pid")
-  kill_wait "$pid"
-  for k in $kids; do kill -KILL "$k" 2>/dev/null; done
-  rm -f "$f"
-}
+stop_dovecot() { stop_master "$work/dovecot/run/master.pid"; }
+stop_cyrus() { stop_master "$work/cyrus/run/master.pid"; }
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM HUP
   set +u
   # First the load generators and any other child of this script (not nestbox-lmtpd: it is
   # stopped with TERM below; Dovecot and Cyrus run detached and are stopped by their pid files).
-  for p in $bg_pids $(children_of $$); do [ "$p" = "$nb_pid" ] || kill_tree "$p"; done
-  stop_nestbox; stop_dovecot; stop_cyrus
+  for p in $bg_pids $(children_of $$); do
+    case " ${nb_pids[*]} " in *" $p "*) ;; *) kill_tree "$p" ;; esac
+  done
+  for s in "${!nb_pids[@]}"; do stop_nestbox "$s"; done
+  stop_dovecot; stop_cyrus
   if [ $keep = yes ]; then say "work directory kept: $work"; else rm -rf "$work"; fi
   exit $rc
 }
@@ -182,23 +182,7 @@ trap 'exit 143' TERM
 trap 'exit 129' HUP
 
 # ---------------------------------------------------------------- helpers
-listening() { # port: is something listening on 127.0.0.1:port?
-  if command -v ss >/dev/null 2>&1; then
-    [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]
-  else
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-  fi
-}
-wait_port() { # port pid-to-watch(optional): up to 20 s
-  local n=200
-  while [ $n -gt 0 ]; do
-    listening "$1" && return 0
-    [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null && return 1
-    sleep 0.1; n=$((n-1))
-  done
-  return 1
-}
-for p in $PORT_D $PORT_C $PORT_N; do
+for p in $PORT_D $PORT_C $PORT_N $PORT_ND; do
   listening $p && die "port 127.0.0.1:$p is already in use"
 done
 
@@ -218,7 +202,7 @@ cyrus_run() { setpriv --reuid cyrus --regid "$(id -g cyrus)" --init-groups "$@";
 count() {
   local d
   case $1 in
-    nestbox) d=$work/nestbox/mail/$2 ;;
+    nestbox-*) d=$work/$1/mail/$2 ;;
     dovecot) d=$work/dovecot/mail/$2 ;;
     cyrus)
       d=$(cyrus_run $CYRUS_BIN/mbpath -C "$work/cyrus/imapd.conf" "user/$2" 2>/dev/null | tail -n 1)
@@ -228,7 +212,11 @@ count() {
   esac
   find "$d/new" "$d/cur" -maxdepth 1 -type f 2>/dev/null | wc -l
 }
-port_of() { case $1 in nestbox) echo $PORT_N ;; dovecot) echo $PORT_D ;; cyrus) echo $PORT_C ;; esac; }
+port_of() { case $1 in nestbox-nodup) echo $PORT_N ;; nestbox-dup) echo $PORT_ND ;; dovecot) echo $PORT_D ;; cyrus) echo $PORT_C ;; esac; }
+dup_of() { case $1 in nestbox-dup) echo yes ;; *) echo no ;; esac; }
+nb_ids=""
+for v in $dups; do case $v in yes) nb_ids="$nb_ids nestbox-dup" ;; no) nb_ids="$nb_ids nestbox-nodup" ;; esac; done
+nb_ids=${nb_ids# }
 
 # ---------------------------------------------------------------- Nestbox
 nb_bin=$repo/.build/release/nestbox-lmtpd
@@ -255,24 +243,18 @@ else
   nb_stale=""
 fi
 
-start_nestbox() {
-  mkdir -p "$work/nestbox/mail"
-  chown vmail:"$(id -g vmail)" "$work/nestbox/mail"
-  cat > "$work/nestbox/nestbox.conf" <<EOF
-partition-default: $work/nestbox/mail
-mail_owner: vmail
-autocreate_post: yes
-autocreate_quota: 0
-duplicatesuppression: $dup
-lmtpsocket:
-lmtp_listen: 127.0.0.1:$PORT_N
-EOF
+start_nestbox() { # id (nestbox-nodup or nestbox-dup)
+  local d=$work/$1 port
+  port=$(port_of "$1")
+  mkdir -p "$d/mail"
+  chown vmail:"$(id -g vmail)" "$d/mail"
+  nestbox_write_conf "$d" "$port" "$(dup_of "$1")"
   # Started as root: binds, then switches to vmail. -L: log to a file like Dovecot does.
-  "$nb_bin" -C "$work/nestbox/nestbox.conf" -L 2>>"$work/nestbox/lmtpd.log" </dev/null &
-  nb_pid=$!
-  if ! wait_port $PORT_N $nb_pid; then
-    tail -n 20 "$work/nestbox/lmtpd.log" >&2
-    stop_nestbox
+  "$nb_bin" -C "$d/nestbox.conf" -L 2>>"$d/lmtpd.log" </dev/null &
+  nb_pids[$1]=$!
+  if ! wait_port "$port" "${nb_pids[$1]}"; then
+    tail -n 20 "$d/lmtpd.log" >&2
+    stop_nestbox "$1"
     return 1
   fi
 }
@@ -282,47 +264,7 @@ start_dovecot() {
   local d=$work/dovecot
   mkdir -p "$d/run" "$d/state" "$d/mail"
   chown vmail:"$(id -g vmail)" "$d/mail"
-  cat > "$d/dovecot.conf" <<EOF
-# Copied from shared/anchors/dovecot-lmtp.conf: LMTP only, own paths and port.
-base_dir = $d/run
-state_dir = $d/state
-log_path = $d/dovecot.log
-protocols = lmtp
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-mail_location = maildir:$d/mail/%n
-mail_uid = vmail
-mail_gid = vmail
-first_valid_uid = 100
-default_internal_user = root
-default_internal_group = root
-default_login_user = root
-passdb {
-  driver = static
-  args = password=pass
-}
-userdb {
-  driver = static
-  args = uid=vmail gid=vmail home=$d/mail/%n
-}
-service lmtp {
-  inet_listener lmtp {
-    address = 127.0.0.1
-    port = $PORT_D
-  }
-  user = root
-}
-service anvil {
-  chroot =
-}
-mail_fsync = always
-mail_plugins = \$mail_plugins quota
-plugin {
-  quota = maildir:User quota
-  quota_rule = *:storage=0
-}
-EOF
+  dovecot_write_conf "$d" $PORT_D
   dovecot -c "$d/dovecot.conf" || { tail -n 20 "$d/dovecot.log" >&2; return 1; }
   wait_port $PORT_D || { tail -n 20 "$d/dovecot.log" >&2; return 1; }
 }
@@ -369,7 +311,10 @@ EOF
 # ---------------------------------------------------------------- start
 servers=""
 if [ -z "$nb_why" ]; then
-  if start_nestbox; then servers="nestbox"; else nb_why="nestbox-lmtpd did not start (log above)"; fi
+  for id in $nb_ids; do
+    if start_nestbox $id; then servers="$servers $id"; else nb_why="nestbox-lmtpd ($id) did not start (log above)"; break; fi
+  done
+  [ -z "$nb_why" ] || { for id in $nb_ids; do stop_nestbox $id; done; servers=""; }
 fi
 [ -n "$nb_why" ] && say "NESTBOX: n/a: $nb_why"
 start_dovecot || die "Dovecot did not start"
@@ -461,7 +406,7 @@ make_big() {
   [ -s "$t/big/maildirsize" ] || die "doveadm quota recalc wrote no maildirsize"
   for s in $servers; do
     case $s in
-      nestbox) cp -a "$t/big" "$work/nestbox/mail/big" ;;
+      nestbox-*) cp -a "$t/big" "$work/$s/mail/big" ;;
       dovecot) cp -a "$t/big" "$work/dovecot/mail/big" ;;
     esac
   done
@@ -489,6 +434,14 @@ make_big() {
   say "  done ($(( $(date +%s) - t_start )) s)"
 }
 
+# ---------------------------------------------------------------- the disk's limit, before
+limit_build "$work" || die "cannot build the limit program (bench/limit.c)"
+say "disk limit (bench/limit.sh), before the rows ..."
+limit_measure "$work" || die "the limit measurement failed"
+limit_before=$(limit_describe)
+l1_before=$LIMIT_1 l41_before=$LIMIT_4_1DIR l44_before=$LIMIT_4_4DIR
+say "  $limit_before"
+
 rows="1 2 3"
 [ $big = yes ] && rows="$rows 4"
 say "servers: $servers; rows: $rows; rounds: $rounds"
@@ -499,42 +452,57 @@ for row in $rows; do
   done
 done
 
+# ---------------------------------------------------------------- the disk's limit, after
+say "disk limit (bench/limit.sh), after the rows ..."
+limit_measure "$work" || die "the limit measurement failed"
+limit_after=$(limit_describe)
+say "  $limit_after"
+mean2() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (a + b) / 2 }'; }
+limit_1=$(mean2 "$l1_before" "$LIMIT_1")
+limit_41=$(mean2 "$l41_before" "$LIMIT_4_1DIR")
+limit_44=$(mean2 "$l44_before" "$LIMIT_4_4DIR")
+limit_of_row() { case $1 in 1|4) echo "$limit_1" ;; 2) echo "$limit_41" ;; 3) echo "$limit_44" ;; esac; }
+
 # ---------------------------------------------------------------- memory: one 50 MB message
-rss=""
+declare -A rss
 if [ -z "$nb_why" ]; then
-  say "peak RSS: fresh nestbox-lmtpd, one message with a 50 MB body ..."
-  stop_nestbox
-  mv "$work/nestbox/mail" "$work/nestbox/mail.rows"
-  if start_nestbox; then
-    hwm() { # max VmHWM in KiB of the server and its children
-      local m=0 v p
-      for p in $nb_pid $(children_of $nb_pid); do
-        v=$(awk '/^VmHWM:/ { print $2 }' /proc/$p/status 2>/dev/null)
-        [ -n "$v" ] && [ "$v" -gt $m ] && m=$v
-      done
-      echo $m
-    }
-    idle=$(hwm); peak=$idle
-    send $PORT_N 1 1 huge@example.test 52428800 &
-    sp=$!; bg_pids=$sp
-    n=9000   # 15 minutes at 0.1 s
-    while kill -0 $sp 2>/dev/null && [ $n -gt 0 ]; do
-      v=$(hwm); [ "$v" -gt "$peak" ] && peak=$v
-      sleep 0.1; n=$((n-1))
+  hwm() { # pid: max VmHWM in KiB of the server and its children
+    local m=0 v p
+    for p in $1 $(children_of $1); do
+      v=$(awk '/^VmHWM:/ { print $2 }' /proc/$p/status 2>/dev/null)
+      [ -n "$v" ] && [ "$v" -gt $m ] && m=$v
     done
-    wait $sp; bg_pids=""
-    v=$(hwm); [ "$v" -gt "$peak" ] && peak=$v
-    f=$(find "$work/nestbox/mail/huge/new" "$work/nestbox/mail/huge/cur" -type f 2>/dev/null | head -n 1)
-    fsize=$( [ -n "$f" ] && stat -c %s "$f" || echo 0)
-    # smtp-source counts CRLF in -l; stored with LF ends the file is ~51.8 MB.
-    if [ "$fsize" -ge 51000000 ]; then
-      rss=$(awk -v p=$peak -v i=$idle 'BEGIN { printf "%.1f MiB (VmHWM; %.1f MiB before the message), message stored: %d bytes", p/1024, i/1024, '"$fsize"' }')
+    echo $m
+  }
+  for id in $nb_ids; do
+    say "peak RSS: fresh nestbox-lmtpd ($id), one message with a 50 MB body ..."
+    stop_nestbox $id
+    mv "$work/$id/mail" "$work/$id/mail.rows"
+    if start_nestbox $id; then
+      pid=${nb_pids[$id]}
+      idle=$(hwm $pid); peak=$idle
+      send "$(port_of $id)" 1 1 huge@example.test 52428800 &
+      sp=$!; bg_pids=$sp
+      n=9000   # 15 minutes at 0.1 s
+      while kill -0 $sp 2>/dev/null && [ $n -gt 0 ]; do
+        v=$(hwm $pid); [ "$v" -gt "$peak" ] && peak=$v
+        sleep 0.1; n=$((n-1))
+      done
+      wait $sp; bg_pids=""
+      v=$(hwm $pid); [ "$v" -gt "$peak" ] && peak=$v
+      f=$(find "$work/$id/mail/huge/new" "$work/$id/mail/huge/cur" -type f 2>/dev/null | head -n 1)
+      fsize=$( [ -n "$f" ] && stat -c %s "$f" || echo 0)
+      # smtp-source counts CRLF in -l; stored with LF ends the file is ~51.8 MB.
+      if [ "$fsize" -ge 51000000 ]; then
+        rss[$id]=$(awk -v p=$peak -v i=$idle -v f=$fsize 'BEGIN { printf "%.1f MiB (VmHWM; %.1f MiB before the message), message stored: %d bytes", p/1024, i/1024, f }')
+      else
+        rss[$id]="FAILED: the 50 MB message was not stored (file size $fsize)"; bad=1
+      fi
+      stop_nestbox $id
     else
-      rss="FAILED: the 50 MB message was not stored (file size $fsize)"; bad=1
+      rss[$id]="FAILED: nestbox-lmtpd did not start again"; bad=1
     fi
-  else
-    rss="FAILED: nestbox-lmtpd did not start again"; bad=1
-  fi
+  done
 fi
 
 # ---------------------------------------------------------------- table
@@ -546,7 +514,7 @@ median() { # the values on stdin (one line, space-separated): median, BAD if any
     *) echo n/a ;;
   esac
 }
-ratio() { case "$1$2" in *n/a*|*BAD*) echo "-" ;; *) awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' ;; esac; }
+ratio() { case "$1$2" in *n/a*|*BAD*|*-*) echo "-" ;; *) awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' ;; esac; }
 label() {
   case $1 in
     1) echo "1: 1 session, 1000 x 4 KiB, 1 mailbox" ;;
@@ -555,20 +523,36 @@ label() {
     4) echo "4: 1 session, 1000 x 4 KiB, mailbox of 100k" ;;
   esac
 }
+dup_label() { case $1 in nestbox-dup) echo on ;; nestbox-nodup) echo off ;; esac; }
 {
   echo
   echo "LMTP on 127.0.0.1, messages/s (median of $rounds rounds), fsync on every delivery; $(nproc) cores, $(uname -r)"
-  echo "dovecot $(dovecot --version | awk '{ print $1 }'), cyrus $(dpkg-query -W -f '${Version}' cyrus-common 2>/dev/null), nestbox $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$( [ -n "$(git -C "$repo" status --porcelain -- Sources 2>/dev/null)" ] && echo '+changes')${nb_stale}, duplicatesuppression: nestbox $dup, cyrus yes"
-  printf '%-44s %10s %10s %10s %8s %8s\n' row "Nestbox" "Dovecot" "Cyrus" "N/D" "N/C"
+  echo "dovecot $(dovecot --version | awk '{ print $1 }'), cyrus $(dpkg-query -W -f '${Version}' cyrus-common 2>/dev/null), nestbox $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$( [ -n "$(git -C "$repo" status --porcelain -- Sources 2>/dev/null)" ] && echo '+changes')${nb_stale}; duplicate suppression: cyrus on, dovecot has none"
+  echo "disk limit (create in tmp/, write 4 KiB, fsync, rename into new/, fsync new/; $(df -PT "$work" | awk 'NR == 2 { print $2 " on " $1 }'))"
+  echo "  before the rows: $limit_before"
+  echo "  after the rows:  $limit_after"
+  echo "  used (mean):     1 writer $limit_1, 4 writers 1 dir $limit_41, 4 writers 4 dirs $limit_44 msg/s"
+  printf '%-44s %-4s %9s %9s %9s %9s %6s %6s %7s\n' row dup Nestbox Dovecot Cyrus limit N/D N/C N/limit
   for row in $rows; do
-    n=$(echo "${results[$row,nestbox]:-}" | median); d=$(echo "${results[$row,dovecot]:-}" | median); c=$(echo "${results[$row,cyrus]:-}" | median)
-    printf '%-44s %10s %10s %10s %8s %8s\n' "$(label $row)" "$n" "$d" "$c" "$(ratio "$n" "$d")" "$(ratio "$n" "$c")"
+    d=$(echo "${results[$row,dovecot]:-}" | median); c=$(echo "${results[$row,cyrus]:-}" | median)
+    lim=$(limit_of_row $row)
+    if [ -n "$nb_why" ]; then
+      printf '%-44s %-4s %9s %9s %9s %9s %6s %6s %7s\n' "$(label $row)" - n/a "$d" "$c" "$lim" - - -
+      continue
+    fi
+    for id in $nb_ids; do
+      n=$(echo "${results[$row,$id]:-}" | median)
+      printf '%-44s %-4s %9s %9s %9s %9s %6s %6s %7s\n' "$(label $row)" "$(dup_label $id)" "$n" "$d" "$c" "$lim" \
+        "$(ratio "$n" "$d")" "$(ratio "$n" "$c")" "$(ratio "$n" "$lim")"
+    done
   done
   echo
   if [ -n "$nb_why" ]; then
     echo "Nestbox: n/a: $nb_why"
   else
-    echo "nestbox-lmtpd peak RSS, one 50 MB message: $rss"
+    for id in $nb_ids; do
+      echo "nestbox-lmtpd peak RSS, one 50 MB message, duplicate suppression $(dup_label $id): ${rss[$id]}"
+    done
   fi
 }
 [ $bad -eq 0 ] || { say "lmtp.sh: some deliveries did not arrive (BAD above)"; exit 1; }
