@@ -68,9 +68,10 @@ public struct MailStore: Sendable {
     public func prepare() throws {
         do {
             try makeParents(root)
-            try Files.makeDirectory(internalDirectory)
-            try Files.makeDirectory(spoolDirectory)
-            try Files.makeDirectory(creationDirectory)
+            // Looked at before made: they exist at every delivery but the first.
+            for dir in [internalDirectory, spoolDirectory, creationDirectory] where !Files.isDirectory(dir) {
+                try Files.makeDirectory(dir)
+            }
         } catch let failure as NestboxFailure {
             guard let reason = accessProblem() else { throw failure }
             throw NestboxFailure(failure.outcome.with(text: reason), reason)
