@@ -29,8 +29,11 @@ apt_install() {
   apt-get install -y -q $missing >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $missing; }
 }
 
-# The mail owner account the tests and the demo use when run as root.
+# The mail owner account (a system account without login, group vmail), when run as root and
+# missing: an existing account is kept, an existing group vmail is used.
 ensure_vmail() {
   [ "$(id -u)" = 0 ] || return 0
-  id vmail >/dev/null 2>&1 || useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin vmail
+  id vmail >/dev/null 2>&1 && return 0
+  if getent group vmail >/dev/null; then group="-g vmail"; else group="-U"; fi
+  useradd --system $group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin vmail
 }

@@ -9,9 +9,11 @@ set -eu
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 find_swift
-apt_install postfix dovecot-core dovecot-imapd swaks groff-base python3 time strace jq python3-prometheus-client libsasl2-dev libdb5.3-dev sasl2-bin libsasl2-modules
+apt_install postfix dovecot-core dovecot-imapd swaks groff-base python3 time strace jq python3-prometheus-client libsasl2-dev libdb5.3-dev sasl2-bin libsasl2-modules dpkg-dev
 ensure_vmail
 swift build --build-tests
+# The release build scripts/install.sh and scripts/deb.sh install (InstallTests checks it).
+swift build -c release --static-swift-stdlib --disable-local-rpath
 # XCTest only (the suite has no Swift Testing tests); the summary line at the end counts the
 # XCTest cases that ran.
 log=$(mktemp)
