@@ -190,6 +190,8 @@ final class InstallTests: XCTestCase {
         XCTAssertTrue(contents.contains("root/root"), "files owned by root")
         XCTAssertFalse(contents.contains("/usr/local"), contents)
 
+        try assertPostinstMakesTheMailOwnerAndSpool(postinst: "\(tmp)/DEBIAN/postinst")
+
         // The unpacked program runs on its own and delivers.
         let root = try Harness.makeTempDir("deb-root")
         defer { Harness.removeTree(root) }
@@ -197,5 +199,52 @@ final class InstallTests: XCTestCase {
         XCTAssertTrue(Harness.read("\(root)/usr/share/doc/nestbox/postfix/master.cf").contains("argv=/usr/bin/nestbox-deliver "))
         try assertRunsWithoutToolchain("\(root)/usr/bin/nestbox-deliver")
         try assertDelivers(with: "\(root)/usr/bin/nestbox-deliver")
+    }
+
+    /// The package's postinst, run as dpkg runs it (`configure`), in a private mount namespace
+    /// whose /etc is a copy of this machine's without the mail owner (once without the user and
+    /// its group, once with the group left): it creates a system account vmail without login and
+    /// the spool `partition-default` names, owned by vmail, mode 0700; a second run changes
+    /// nothing and succeeds. This machine's own /etc is untouched.
+    func assertPostinstMakesTheMailOwnerAndSpool(postinst: String) throws {
+        let before = Harness.read("/etc/passwd")
+        for keepGroup in [false, true] {
+            let tmp = try Harness.makeTempDir("postinst")
+            defer { Harness.removeTree(tmp) }
+            XCTAssertEqual(try Harness.run("/bin/cp", ["-a", "/etc", "\(tmp)/etc"]).status, 0)
+            for file in ["passwd", "shadow"] + (keepGroup ? [] : ["group", "gshadow"]) {
+                let path = "\(tmp)/etc/\(file)"
+                guard FileManager.default.fileExists(atPath: path) else { continue }
+                let kept = Harness.read(path).split(separator: "\n").filter { !$0.hasPrefix("vmail:") }.joined(separator: "\n") + "\n"
+                try kept.write(toFile: path, atomically: false, encoding: .utf8)
+            }
+            try FileManager.default.createDirectory(atPath: "\(tmp)/etc/nestbox", withIntermediateDirectories: true)
+            let spool = "\(tmp)/spool/mail"
+            try FileManager.default.createDirectory(atPath: "\(tmp)/spool", withIntermediateDirectories: true)
+            try "partition-default: \(spool)\n".write(toFile: "\(tmp)/etc/nestbox/nestbox.conf", atomically: false, encoding: .utf8)
+            let script = """
+                set -e
+                mount --bind \(tmp)/etc /etc
+                ! getent passwd vmail >/dev/null
+                sh \(postinst) configure
+                sh \(postinst) configure
+                getent passwd vmail
+                getent group vmail
+                stat -c '%U %G %a' \(spool)
+                """
+            let r = try Harness.run("/usr/bin/unshare", ["--mount", "--propagation", "private", "/bin/sh", "-c", script])
+            XCTAssertEqual(r.status, 0, "keep group \(keepGroup): " + r.stdout + r.stderr)
+            let lines = r.stdout.split(separator: "\n").map(String.init)
+            XCTAssertEqual(lines.count, 3, r.stdout + r.stderr)
+            guard lines.count == 3 else { continue }
+            let account = lines[0].split(separator: ":", omittingEmptySubsequences: false)
+            XCTAssertEqual(account.first, "vmail")
+            XCTAssertEqual(account.last, "/usr/sbin/nologin")
+            XCTAssertLessThan(Int(account[2]) ?? 65534, 1000, "a system account: \(lines[0])")
+            XCTAssertTrue(lines[1].hasPrefix("vmail:"), lines[1])
+            XCTAssertEqual(account[3], lines[1].split(separator: ":", omittingEmptySubsequences: false)[2], "vmail's group")
+            XCTAssertEqual(lines[2], "vmail vmail 700")
+        }
+        XCTAssertEqual(Harness.read("/etc/passwd"), before, "this machine's accounts are untouched")
     }
 }
