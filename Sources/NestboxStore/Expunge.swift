@@ -42,26 +42,29 @@ extension Folder {
     }
 
     /// Expunges every message (recorded or not) for which `predicate` holds, e.g.
-    /// `{ $0.has(.deleted) }`.
+    /// `{ $0.has(.deleted) }`. With `predicateSeesUIDs` false the predicate is given the
+    /// messages without their UIDs (nil), and the list is read while the last unlinks run
+    /// instead of before the first (nestbox-purge, which selects by flags, size and date).
     @discardableResult
-    public func expunge(options: DotLock.Options, counting: QuotaCounting = .dovecot,
+    public func expunge(options: DotLock.Options, counting: QuotaCounting = .dovecot, predicateSeesUIDs: Bool = true,
                         where predicate: (ScannedMessage) -> Bool) throws -> ExpungeResult {
-        try expunge(options: options, records: [], counting: counting, predicate)
+        try expunge(options: options, records: [], counting: counting, listFirst: predicateSeesUIDs, predicate)
     }
 
     private func expunge(options: DotLock.Options, records wanted: Set<UInt32>, counting: QuotaCounting,
-                         _ predicate: (ScannedMessage) -> Bool) throws -> ExpungeResult {
+                         listFirst: Bool = true, _ predicate: (ScannedMessage) -> Bool) throws -> ExpungeResult {
         _ = try checkLinks()  // nothing is unlinked through a symbolic link below the mail root
         let session = try beginUIDListSession(options: options)
         defer { session.finish() }
-        let list = try session.read()
+        var list = listFirst || !wanted.isEmpty ? try session.read() : nil
+        let listRead = list != nil || listFirst || !wanted.isEmpty
         // Each chosen file is unlinked (relative to new/ or cur/, opened here) in a second thread
         // while the listing goes on: the removal then takes about as long as the unlinks alone.
         let subdirectories = ["new", "cur"]
         var directories: [Int32?] = []
         defer { for case let fd? in directories { close(fd) } }
         for sub in subdirectories { directories.append(try Files.openDirectory("\(path)/\(sub)")) }
-        let unlinker = Unlinker()
+        let unlinker = Unlinker(ahead: 4096)
         var chosen: [ScannedMessage] = []
         var found = Set<UInt32>()  // requested UIDs whose file is there
         do {
@@ -74,6 +77,11 @@ extension Folder {
                     unlinker.unlink(in: AT_FDCWD, m.path, tag: chosen.count)
                 }
                 chosen.append(m)
+            }
+            if !listRead {  // read under the same lock while the unlinks go on
+                list = try session.read()
+                let uids = list?.uidsByStem() ?? [:]
+                for i in chosen.indices { chosen[i].uid = uids[chosen[i].name.stem] }
             }
         } catch {
             _ = unlinker.finish()
@@ -89,6 +97,7 @@ extension Folder {
         var counted: Int64 = 0
         var touched: Set<String> = []
         var failure: Error?
+        let folderDirectory = Files.baseName(path)
         for (i, found) in chosen.enumerated() {
             var m = found
             if let code = failed[i] {
@@ -109,7 +118,7 @@ extension Folder {
             removed.append(m)
             // Only what the quota counted is taken off it (Courier's counting leaves out Trash
             // and T-flagged files: taking them off would put the usage below the truth).
-            if QuotaRoot.counts(m.name, inFolderDirectory: Files.baseName(path), counting) {
+            if QuotaRoot.counts(m.name, inFolderDirectory: folderDirectory, counting) {
                 bytes += m.name.size ?? max(m.size, 0)
                 counted += 1
             }
@@ -117,7 +126,10 @@ extension Folder {
         }
         for sub in touched.sorted() { try Files.fsyncDirectory("\(path)/\(sub)") }
         // In UID order (the scan gave directory order).
-        removed.sort { ($0.uid ?? UInt32.max, $0.name.stem) < ($1.uid ?? UInt32.max, $1.name.stem) }
+        removed.sort { a, b in
+            let (x, y) = (a.uid ?? .max, b.uid ?? .max)
+            return x != y ? x < y : a.name.stem < b.name.stem
+        }
         // Records to drop: those of the files removed here, and those of requested UIDs whose
         // file was already missing (never one whose file still exists under another name).
         var uids = Set(removed.compactMap(\.uid))

@@ -193,7 +193,7 @@ extension Folder {
             }
             report.removed = inOrder(chosen)
         } else {
-            let result = try expunge(options: options, counting: counting, where: choose)
+            let result = try expunge(options: options, counting: counting, predicateSeesUIDs: false, where: choose)
             // What went (result.bytes/count are what the quota lost, less with Courier's counting).
             report.expunged = PurgeTally(bytes: result.removed.reduce(0) { $0 + $1.quotaBytes }, messages: Int64(result.removed.count))
             report.removed = result.removed.map(\.purgeLine)  // already in UID order
