@@ -2,13 +2,16 @@
 # Side-by-side benchmark: nestbox-purge against `doveadm expunge mailbox INBOX deleted` and
 # against the raw `find ... -delete` of the same files, each on its own copy of one Maildir
 # folder of N messages (default 100000, about 1 KiB each) of which every third is \Deleted
-# (33k of 100k). One run each, ratios from that run (shared/docs/BENCHMARKS.md; the aim: purge
-# within 10% of raw unlink time).
+# (33k of 100k). Each program runs once per round (default 3 rounds, the order rotated each
+# round); the medians and their ratios are reported (the aim: purge within 10% of raw unlink
+# time).
 #
-#   bench/purge.sh [--install] [--messages N] [--bin DIR] [--keep]
+#   bench/purge.sh [--install] [--messages N] [--rounds N] [--bin DIR] [--keep]
 #
 #   --install     apt-get install dovecot-core when doveadm is missing (without it: exit 69).
 #   --messages N  messages in the folder (default 100000).
+#   --rounds N    runs of each program (default 3); round k starts with the k-th program of
+#                 nestbox, dovecot, find, so that none always runs first after the set-up.
 #   --bin DIR     directory holding nestbox-purge (default: .build/release, built when missing).
 #   --keep        keep the work directory (/tmp/nestbox-purge.XXXXXX).
 #
@@ -20,8 +23,8 @@
 #     every third one `:2,ST`; numbered once by Dovecot (`doveadm force-resync` + `doveadm
 #     index`), so it has the dovecot-uidlist and dovecot.index* of a folder Dovecot serves, and
 #     a maildirsize counting every file. Its uid -> file map is saved.
-#   - Three copies (cp -a); `sync` before each timed run; each runs once, through GNU time
-#     (wall time from date +%s.%N around it, peak RSS from %M):
+#   - A fresh copy (cp -a) for every run; `sync` before each timed run; through GNU time
+#     (wall time from date +%s.%N around it, peak RSS from %M); the median of the rounds:
 #       nestbox   nestbox-purge -q -f user/big   (scan under the uidlist lock, unlink, fsync of
 #                 cur/, list rewrite, maildirsize delta)
 #       dovecot   doveadm expunge mailbox INBOX deleted   (as vmail, mail_fsync = always)
@@ -35,13 +38,14 @@ set -u
 export LC_ALL=C
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-messages=100000 install=no keep=no bin=""
+messages=100000 install=no keep=no bin="" rounds=3
 
 while [ $# -gt 0 ]; do
   case $1 in
     --install) install=yes ;;
     --messages) shift; messages=${1:-}; case $messages in ''|*[!0-9]*|0) echo "--messages needs a number >= 1" >&2; exit 64 ;; esac ;;
     --bin) shift; bin=${1:-} ;;
+    --rounds) shift; rounds=${1:-}; case $rounds in ''|*[!0-9]*|0) echo "--rounds needs a number >= 1" >&2; exit 64 ;; esac ;;
     --keep) keep=yes ;;
     -h|--help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 64 ;;
@@ -151,40 +155,48 @@ check_nestbox() {
   [ "$usage" = "$kept_bytes $kept" ] || echo "maildirsize usage $usage, expected $kept_bytes $kept"
 }
 
-declare -A T_ M_ OK
+declare -A T_ M_ OK TIMES
 bad=0
-for who in nestbox dovecot find; do
-  mkdir -p "$work/$who"
-  cp -a "$tmpl" "$work/$who/big"
-  chown vmail:"$VGID" "$work/$who"
-  d=$work/$who/big
+programs=(nestbox dovecot find)
+for ((round = 0; round < rounds; round++)); do
+for ((k = 0; k < 3; k++)); do
+  who=${programs[(round + k) % 3]}
+  rm -rf "$work/copy-$who"
+  mkdir -p "$work/copy-$who"
+  cp -a "$tmpl" "$work/copy-$who/big"
+  chown vmail:"$VGID" "$work/copy-$who"
+  d=$work/copy-$who/big
   case $who in
     nestbox)
-      printf 'partition-default: %s\nmail_owner: vmail\n' "$work/$who" > "$work/$who.conf"
+      printf 'partition-default: %s\nmail_owner: vmail\n' "$work/copy-$who" > "$work/$who.conf"
       timed $who "$nb" -C "$work/$who.conf" -q -f user/big ;;
     dovecot) timed $who env USER=big HOME="$d" doveadm -c "$dc" -o "mail_location=maildir:$d" expunge mailbox INBOX deleted ;;
     find) timed $who find "$d/cur" -name '*:2,*T*' -delete ;;
   esac
-  T_[$who]=$T M_[$who]=$M
+  TIMES[$who]="${TIMES[$who]:-} $T"
+  [ "${M_[$who]:-0}" -ge "$M" ] || M_[$who]=$M
   problems=$( [ "$RC" -eq 0 ] || echo "exit $RC"; check "$d"; [ $who = nestbox ] && check_nestbox "$d")
-  if [ -n "$problems" ]; then OK[$who]=BAD; bad=1; say "  $who: BAD: $(echo "$problems" | tr '\n' ';')"; head -n 5 "$work/$who.err" >&2; else OK[$who]=ok; fi
-  say "  $who: $T s, $M KiB, exit $RC"
-  [ $keep = yes ] || rm -rf "$work/$who"
+  if [ -n "$problems" ]; then OK[$who]=BAD; bad=1; say "  $who: BAD: $(echo "$problems" | tr '\n' ';')"; head -n 5 "$work/$who.err" >&2; else OK[$who]=${OK[$who]:-ok}; fi
+  say "  round $((round + 1)): $who: $T s, $M KiB, exit $RC"
+  [ $keep = yes ] && [ $((round + 1)) -eq "$rounds" ] || rm -rf "$work/copy-$who"
 done
+done
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+for who in nestbox dovecot find; do T_[$who]=$(echo "${TIMES[$who]}" | median); done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 echo
-echo "purge of $deleted \\Deleted messages out of $messages (1 KiB each), one run each; $(nproc) cores, $(uname -r)"
+echo "purge of $deleted \\Deleted messages out of $messages (1 KiB each), median of $rounds rounds; $(nproc) cores, $(uname -r)"
 echo "nestbox $(git -C "$repo" rev-parse --short HEAD 2>/dev/null) $nb; dovecot $(dovecot --version 2>/dev/null | awk '{ print $1 }')"
-printf '%-48s %8s %9s %9s %9s %s\n' run "time s" "RSS KiB" "/ find" "/ dovecot" check
+printf '%-48s %8s %9s %9s %9s %s  %s\n' run "time s" "RSS KiB" "/ find" "/ dovecot" check "each round"
 for who in nestbox dovecot find; do
   case $who in
     nestbox) label="nestbox-purge -q -f user/big" ;;
     dovecot) label="doveadm expunge mailbox INBOX deleted" ;;
     find) label="find cur -name '*:2,*T*' -delete" ;;
   esac
-  printf '%-48s %8s %9s %9s %9s %s\n' "$label" "${T_[$who]}" "${M_[$who]}" "$(ratio "${T_[$who]}" "${T_[find]}")" \
-    "$(ratio "${T_[$who]}" "${T_[dovecot]}")" "${OK[$who]}"
+  printf '%-48s %8s %9s %9s %9s %s  %s\n' "$label" "${T_[$who]}" "${M_[$who]}" "$(ratio "${T_[$who]}" "${T_[find]}")" \
+    "$(ratio "${T_[$who]}" "${T_[dovecot]}")" "${OK[$who]}" "${TIMES[$who]# }"
 done
 [ $bad -eq 0 ] || { say "purge.sh: a result was wrong (BAD above)"; exit 1; }
 exit 0
