@@ -133,7 +133,10 @@ final class DeliverTests: XCTestCase {
         try f.makeUser("alice")
         try "127.0.0.1 localhost\n127.0.1.1 mx.example.test mx\n".write(toFile: "\(f.dir)/hosts", atomically: true, encoding: .utf8)
         let probe = try Harness.run("/usr/bin/unshare", ["--uts", "--mount", "true"])
-        try XCTSkipIf(probe.status != 0, "no namespaces here (\(probe.stderr)): the host's own name is checked by testReceivedNamesTheHostAndThePostfixQueueID")
+        guard probe.status == 0 else {
+            // The suite needs namespaces elsewhere too (LMTPServerTests, PasswdCommandTests).
+            return XCTFail("unshare --uts --mount: \(probe.stderr)")
+        }
         let r = try Harness.run("/usr/bin/unshare", ["--uts", "--mount", "/bin/sh", "-c",
             "hostname mx && mount --bind \(f.dir)/hosts /etc/hosts && exec \(Harness.binary("nestbox-deliver")) -C \(f.configPath) alice"],
             input: Data(sampleMessage.utf8))
