@@ -340,19 +340,31 @@ public final class DuplicateDB: @unchecked Sendable {
 
     private func openLog(_ bucket: Int, create: Bool) -> Int32 {
         let path = logPath(bucket)
-        let flags = O_RDWR | O_APPEND | O_NOFOLLOW | O_CLOEXEC | (create ? O_CREAT : 0)
-        var fd = open(path, flags, Files.fileMode)
-        if fd < 0 && errno == ENOENT && create {
-            do { try Files.ensureDirectory(directory) } catch {
-                Log.warning("duplicate database: \(error)")
-                return -1
-            }
-            fd = open(path, flags, Files.fileMode)
+        let dir: Int32
+        do {
+            guard let fd = try openDirectory(create: create) else { return -1 }
+            dir = fd
+        } catch {
+            Log.warning("duplicate database: \(error)")
+            return -1
         }
+        defer { Glibc.close(dir) }
+        let flags = O_RDWR | O_APPEND | O_NOFOLLOW | O_CLOEXEC | (create ? O_CREAT : 0)
+        let fd = openat(dir, Files.baseName(path), flags, Files.fileMode)
         if fd < 0 && !(errno == ENOENT && !create) {
             Log.warning("duplicate database: \(NestboxFailure.system("open", path))")
         }
         return fd
+    }
+
+    /// The database's directory, opened (with `create`, made) level by level from two levels
+    /// above (the mail root, for `.nestbox/duplicates`) without following a link: the logs are
+    /// never written outside the mail root. nil when it does not exist (and not `create`).
+    private func openDirectory(create: Bool) throws -> Int32? {
+        let parent = Files.directoryName(directory)
+        let base = Files.directoryName(parent)
+        let relative = "\(Files.baseName(parent))/\(Files.baseName(directory))"
+        return create ? try Files.makeDirectoryBeneath(base, relative) : try Files.openDirectoryBeneath(base, relative)
     }
 
     static func readAll(_ fd: Int32) throws -> [UInt8] {
@@ -384,11 +396,15 @@ public final class DuplicateDB: @unchecked Sendable {
     /// returns how many records were removed (with `dryRun`, would be).
     @discardableResult
     public func prune(olderThan age: Double, dryRun: Bool = false) throws -> Int {
+        // Checked first: nothing is removed through a link (the earlier layout's directories
+        // are listed by path).
+        guard let dir = try openDirectory(create: false) else { return 0 }
+        defer { Glibc.close(dir) }
         var removed = try pruneLegacy(olderThan: age, dryRun: dryRun)
         let oldest = Int64(wallSeconds() - age)
         for bucket in 0..<DuplicateDB.buckets {
             let path = logPath(bucket)
-            let fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
+            let fd = openat(dir, Files.baseName(path), O_RDWR | O_NOFOLLOW | O_CLOEXEC)
             if fd < 0 {
                 if errno == ENOENT { continue }
                 throw NestboxFailure.system("open", path)

@@ -183,4 +183,24 @@ final class DuplicateDBTests: TempDirTestCase {
         XCTAssertEqual(try db.prune(olderThan: 3600), 1)
         XCTAssertEqual(TestFS.list("\(root)/dup"), [])
     }
+
+    /// A database directory replaced by a link to elsewhere: no record is written there, and
+    /// prune touches nothing there.
+    func testNoLogIsWrittenThroughALinkedDirectory() throws {
+        TestFS.mkdirs("\(root)/mail/.nestbox")
+        TestFS.mkdirs("\(root)/elsewhere")
+        XCTAssertEqual(symlink("\(root)/elsewhere", "\(root)/mail/.nestbox/duplicates"), 0)
+        let d = DuplicateDB(directory: "\(root)/mail/.nestbox/duplicates", expiry: 3600)
+        d.recordPending(key, messagePath: "\(root)/mail/new/x")
+        d.record(key)
+        XCTAssertFalse(d.contains(key))
+        XCTAssertEqual(TestFS.list("\(root)/elsewhere"), [])
+        TestFS.write("\(root)/elsewhere/00.log", "\nF 12 1 x -")
+        TestFS.mkdirs("\(root)/elsewhere/ab")
+        TestFS.write("\(root)/elsewhere/ab/old", "x")
+        TestFS.age("\(root)/elsewhere/ab/old", by: 7200)
+        XCTAssertThrowsError(try d.prune(olderThan: 0))
+        XCTAssertEqual(TestFS.list("\(root)/elsewhere"), ["00.log", "ab"])
+        XCTAssertEqual(TestFS.list("\(root)/elsewhere/ab"), ["old"])
+    }
 }
