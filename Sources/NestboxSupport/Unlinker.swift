@@ -5,9 +5,15 @@
 //
 // Files are named relative to a directory descriptor the caller keeps open until `finish`
 // (unlinkat: no path walk per file, and nothing is reached through a link the caller did not
-// open). Unlinks run in the order they were asked for; `finish` waits for them all. At most
-// `ahead` unlinks wait at a time: the caller is held back to the kernel's pace, so work it does
-// per file (such as keeping a lock alive) spans the whole removal, and memory stays bounded.
+// open). `finish` waits for them all. At most `ahead` unlinks wait at a time: the caller is held
+// back to the kernel's pace, so work it does per file (such as keeping a lock alive) spans the
+// whole removal, and memory stays bounded.
+//
+// With `threads` above one the files are dealt out in turn to that many threads. The kernel holds
+// the directory's lock only while it takes the name out; freeing the inode and its blocks (and,
+// on a disk mounted with `discard`, waiting for the device to drop them) comes after, and those
+// waits then overlap. The order of the unlinks is no longer the order asked: callers that need
+// one file gone before another must not use more than one thread.
 
 import Dispatch
 #if canImport(Glibc)
@@ -23,27 +29,37 @@ public final class Unlinker {
         public var code: Int32
     }
 
-    private let queue = DispatchQueue(label: "nestbox.unlink")
-    /// Touched only on `queue` (and by `finish` after the queue has drained).
-    private var failures: [Failure] = []
+    /// One serial queue per thread, each with the failures it saw (touched only on that queue,
+    /// and by `finish` once the queue has drained).
+    private final class Lane {
+        let queue: DispatchQueue
+        var failures: [Failure] = []
+        init(_ index: Int) { queue = DispatchQueue(label: "nestbox.unlink.\(index)") }
+    }
 
+    private let lanes: [Lane]
+    private var next = 0
     private let room: DispatchSemaphore
 
-    public init(ahead: Int = 1024) {
+    public init(ahead: Int = 1024, threads: Int = 1) {
         room = DispatchSemaphore(value: max(1, ahead))
+        lanes = (0..<max(1, threads)).map(Lane.init)
     }
 
     /// Unlinks `name` in the directory `directory` (a descriptor valid until `finish`).
+    /// Called from one thread at a time.
     public func unlink(in directory: Int32, _ name: String, tag: Int) {
         room.wait()
-        queue.async { [self] in
-            if unlinkat(directory, name, 0) != 0 { failures.append(Failure(tag: tag, code: errno)) }
+        let lane = lanes[next]
+        next = next + 1 == lanes.count ? 0 : next + 1
+        lane.queue.async { [room] in
+            if unlinkat(directory, name, 0) != 0 { lane.failures.append(Failure(tag: tag, code: errno)) }
             room.signal()
         }
     }
 
-    /// Waits for every unlink asked for; returns those that failed, in the order asked.
+    /// Waits for every unlink asked for; returns those that failed, by tag.
     public func finish() -> [Failure] {
-        queue.sync { failures }
+        lanes.flatMap { lane in lane.queue.sync { lane.failures } }.sorted { $0.tag < $1.tag }
     }
 }
