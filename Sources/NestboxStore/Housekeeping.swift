@@ -3,17 +3,26 @@
 // - expired duplicate records (DuplicateDB.prune, `duplicatesuppression_expire`): lookups ignore
 //   them already, removing them only keeps the directory small;
 // - spool files of deliveries that died (MailStore.cleanSpool): older than 36 hours by ctime;
-// - trees of mailbox creations that died (MailStore.cleanCreations): older than 36 hours.
+// - trees of mailbox creations that died (MailStore.cleanCreations): older than 36 hours;
+// - lock files of nestbox-lmtpd processes that are gone (MailStore.cleanLocks): those naming a
+//   process of this host that no longer exists, and any older than 36 hours by ctime (a live
+//   one's ctime moves at every lock).
 // Each part is safe to run at any time beside live deliveries (their ages are far beyond any
 // live delivery or creation), and a failure in one does not stop the others. nestbox-lmtpd runs
 // it daily; nestbox-purge runs it too.
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import NestboxSupport
 
 public struct HousekeepingResult: Equatable, Sendable {
     public var duplicateRecords = 0
     public var spoolFiles = 0
     public var creationTrees = 0
+    public var lockFiles = 0
     public init() {}
 }
 
@@ -61,6 +70,29 @@ extension MailStore {
         }
         if reachable(creationDirectory) { result.creationTrees = cleanCreations(olderThan: age) }
         if result.creationTrees > 0 { Log.info("mailbox creation: removed \(result.creationTrees) trees left by interrupted creations") }
+        if reachable(locksDirectory) { result.lockFiles = cleanLocks(olderThan: age) }
+        if result.lockFiles > 0 { Log.info("locks: removed \(result.lockFiles) lock files of processes that are gone") }
         return result
+    }
+
+    /// Removes the lock files (`lock.<host>.<pid>.<x>`, DotLockHitch.swift) of processes that
+    /// are gone: of this host and a pid that does not exist, or older than `age` by ctime.
+    /// A dotlock still linked to one names a dead process and is judged stale by its waiters.
+    @discardableResult
+    public func cleanLocks(olderThan age: Double = 36 * 3600) -> Int {
+        var removed = 0
+        let now = wallSeconds()
+        for name in (try? Files.list(locksDirectory)) ?? [] {
+            let path = "\(locksDirectory)/\(name)"
+            guard let st = try? Files.status(path), (st.st_mode & S_IFMT) == S_IFREG else { continue }
+            var gone = now - Double(st.st_ctim.tv_sec) > age
+            let parts = name.split(separator: ".", omittingEmptySubsequences: false)
+            if !gone, parts.count >= 4, parts[0] == "lock", parts[parts.count - 3] == DotLockHitch.hostLabel,
+               let pid = pid_t(parts[parts.count - 2]), pid > 0, pid != getpid() {
+                gone = kill(pid, 0) != 0 && errno == ESRCH
+            }
+            if gone && unlink(path) == 0 { removed += 1 }
+        }
+        return removed
     }
 }

@@ -9,6 +9,8 @@
 //   <root>/domain/<domain>/public/  with virtdomains, that domain's shared folders
 //   <root>/.nestbox/spool/          messages being delivered
 //   <root>/.nestbox/create/         mailboxes being created (see "Creating mailboxes" below)
+//   <root>/.nestbox/locks/          each nestbox-lmtpd's lock file, linked as its dotlocks
+//                                   (DotLockHitch.swift)
 // The domain is lowercased for the path. `public` and `domain` are not user names, and neither
 // is anything starting with `.` (Names.swift): so a user's root is never the shared area, a
 // domain area or inside another user's Maildir, and nothing is ever created inside a Maildir's
@@ -62,6 +64,9 @@ public struct MailStore: Sendable {
     public var duplicatesDirectory: String { "\(internalDirectory)/duplicates" }
     /// Where mailboxes are built before they are renamed into place.
     public var creationDirectory: String { "\(internalDirectory)/create" }
+    /// Where long-running processes keep the file their dotlocks are links to.
+    public var locksDirectory: String { "\(internalDirectory)/locks" }
+    public static let locksRelative = ".nestbox/locks"
 
     /// Makes the mail root and the internal directories if they are missing. A failure this
     /// process's permissions explain says so, on the client's line too (`accessProblem`).
@@ -69,7 +74,7 @@ public struct MailStore: Sendable {
         do {
             try makeParents(root)
             // Looked at before made: they exist at every delivery but the first.
-            for dir in [internalDirectory, spoolDirectory, creationDirectory] where !Files.isDirectory(dir) {
+            for dir in [internalDirectory, spoolDirectory, creationDirectory, locksDirectory] where !Files.isDirectory(dir) {
                 try Files.makeDirectory(dir)
             }
         } catch let failure as NestboxFailure {
@@ -96,11 +101,11 @@ public struct MailStore: Sendable {
             return nil
         }
         let levels = [(root, "mail root"), (internalDirectory, "directory"), (spoolDirectory, "directory"),
-                      (creationDirectory, "directory")]
+                      (creationDirectory, "directory"), (locksDirectory, "directory")]
         for (i, (path, label)) in levels.enumerated() {
             // A level must be writable when something is still to be made in it.
             let writable = i == 0 ? !Files.exists(internalDirectory)
-                : i == 1 ? !Files.exists(spoolDirectory) || !Files.exists(creationDirectory) : true
+                : i == 1 ? !Files.exists(spoolDirectory) || !Files.exists(creationDirectory) || !Files.exists(locksDirectory) : true
             if let problem = Access.directoryProblem(path, label: label, for: who, writable: writable) {
                 return problem + suffix
             }

@@ -17,6 +17,8 @@
 //   held one, with one warning per waiter, until the timeout.
 // Removing a stale lock re-checks that it is still the same inode first, so that two waiters
 // judging the same dead lock do not remove each other's fresh one.
+// A long-running process may set `DotLock.hitch`: its locks are then links to one file of its
+// own instead of new files (DotLockHitch.swift), the same lock to everyone else.
 
 #if canImport(Glibc)
 import Glibc
@@ -28,6 +30,11 @@ public final class DotLock {
     public let path: String
     private var held = true
     private let inode: ino_t
+    /// A link to the process's hitch: that inode cannot be anyone else's lock while it stands.
+    private var hitched = false
+
+    /// Set once, before the first lock, by a process that takes many (nestbox-lmtpd).
+    nonisolated(unsafe) public static var hitch: DotLockHitch?
 
     public struct Options: Sendable {
         public var timeout: Double
@@ -63,8 +70,19 @@ public final class DotLock {
             // O_EXCL, then the content: Dovecot's own way (dotlock_use_excl). A temporary file
             // linked into place would never be empty, but costs a second inode per lock, and
             // ext4's inode allocator slows down with every recently freed inode. An empty lock
-            // is judged by its age instead (removeIfStale).
-            let fd = open(lockPath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            // is judged by its age instead (removeIfStale). With a hitch, a link to it.
+            var taken = false
+            switch hitch?.link(as: lockPath) ?? .unavailable {
+            case .linked(let inode, let mtime):
+                let lock = DotLock(path: lockPath, inode: inode, made: mtime)
+                lock.hitched = true
+                return lock
+            case .exists:
+                taken = true
+            case .unavailable:
+                break
+            }
+            let fd = taken ? -1 : open(lockPath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
             if fd >= 0 {
                 do {
                     try Files.writeAll(fd, content, path: lockPath)
@@ -78,7 +96,7 @@ public final class DotLock {
                 Glibc.close(fd)
                 return DotLock(path: lockPath, inode: st.st_ino, made: st.st_mtim)
             }
-            if errno != EEXIST { throw NestboxFailure.system("create lock", lockPath) }
+            if !taken && errno != EEXIST { throw NestboxFailure.system("create lock", lockPath) }
             let vanished = try removeIfStale(lockPath, watched: watched, staleAfter: options.staleAfter,
                                              unremovable: &unremovable)
             if monotonicSeconds() - start > options.timeout {
@@ -110,7 +128,7 @@ public final class DotLock {
         // ours was judged stale and removed.
         var st = stat()
         guard lstat(path, &st) == 0, st.st_ino == inode else { return }
-        if !touched && st.st_mtim.tv_sec == made.tv_sec && st.st_mtim.tv_nsec == made.tv_nsec {
+        if hitched || !touched && st.st_mtim.tv_sec == made.tv_sec && st.st_mtim.tv_nsec == made.tv_nsec {
             unlink(path)
         } else if let content = try? Files.read(path, limit: 300), content == Array("\(getpid()):\(Host.name)".utf8) {
             unlink(path)

@@ -44,7 +44,9 @@ if tool.options.has("inetd") {
     let session = LMTPSession(delivery: Delivery(store: MailStore(config: config)), serverName: config.serverName,
                               client: "stdin", sessionID: "\(String(getpid(), radix: 36).uppercased())I",
                               limits: LMTPSession.Limits(config: config))
+    DotLock.hitch = DotLockHitch(base: config.partition, relative: MailStore.locksRelative)
     StdioSession.run(session, idleTimeout: config.lmtpIdleTimeout)
+    DotLock.hitch?.remove()
     tool.finish(.delivered)
 }
 
@@ -56,6 +58,8 @@ do {
     let names = try server.bind()
     tool.dropPrivileges()
     try MailStore(config: config).prepare()
+    // Each delivery's uidlist lock is a link to one file of this process (DotLockHitch.swift).
+    DotLock.hitch = DotLockHitch(base: config.partition, relative: MailStore.locksRelative)
     try server.startAccepting()
     Log.info("listening on \(names.joined(separator: ", ")) as uid \(getuid()); mail root \(config.partition)")
 } catch let f as NestboxFailure {
@@ -64,4 +68,5 @@ do {
     tool.fail(NestboxFailure(.temporary, "bind: \(error)"))
 }
 server.run()
+DotLock.hitch?.remove()
 tool.finish(.delivered)

@@ -41,6 +41,31 @@ final class HousekeepingTests: TempDirTestCase {
         XCTAssertEqual(TestFS.list(store.spoolDirectory), [])
     }
 
+    /// Lock files (DotLockHitch.swift) of processes that are gone go; a live process's stays.
+    func testLockFilesOfProcessesThatAreGone() throws {
+        let store = MailStore(config: try NamesTests.config([("partition-default", "\(dir)/mail")]))
+        try store.prepare()
+        XCTAssertTrue(Files.isDirectory(store.locksDirectory), "made by prepare")
+        let host = DotLockHitch.hostLabel
+        let dead = deadPID()
+        TestFS.write("\(store.locksDirectory)/lock.\(host).\(dead).1a", "\(dead):\(Host.name)")
+        TestFS.write("\(store.locksDirectory)/lock.\(host).1.2b", "1:\(Host.name)")  // init: alive
+        TestFS.write("\(store.locksDirectory)/lock.other_host.\(dead).3c", "\(dead):other.host")
+        // Ours, made by a lock as nestbox-lmtpd makes it.
+        DotLock.hitch = DotLockHitch(base: store.root, relative: MailStore.locksRelative)
+        defer { DotLock.hitch?.remove(); DotLock.hitch = nil }
+        try DotLock.acquire("\(dir)/x.lock").release()
+        let ours = TestFS.list(store.locksDirectory).filter { $0.hasPrefix("lock.\(host).\(getpid()).") }
+        XCTAssertEqual(ours.count, 1)
+
+        let result = store.housekeeping(duplicates: nil, age: 86400)
+        XCTAssertEqual(result.lockFiles, 1)
+        XCTAssertEqual(TestFS.list(store.locksDirectory), (["lock.\(host).1.2b", "lock.other_host.\(dead).3c"] + ours).sorted(),
+                       "another host's pid cannot be judged here: only its age counts")
+        XCTAssertEqual(store.housekeeping(duplicates: nil, age: -1).lockFiles, 3, "older than the age: any")
+        XCTAssertEqual(TestFS.list(store.locksDirectory), [])
+    }
+
     func testToolFormUsesTheConfiguredDatabaseAndExpiry() throws {
         let store = MailStore(config: try NamesTests.config([("partition-default", "\(dir)/mail"),
                                                              ("duplicatesuppression", "no")]))

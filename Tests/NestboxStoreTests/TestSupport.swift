@@ -110,3 +110,16 @@ func XCTAssertThrowsFailure<T>(_ body: @autoclosure () throws -> T, _ message: S
         return nil
     }
 }
+
+/// The pid of a process that has exited and been reaped.
+func deadPID() -> pid_t {
+    var pid: pid_t = 0
+    var argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
+    defer { free(argv[0]) }
+    let rc = posix_spawn(&pid, "/bin/true", nil, nil, &argv, environ)
+    precondition(rc == 0, "posix_spawn /bin/true: \(errnoText(rc))")
+    var status: Int32 = 0
+    precondition(waitpid(pid, &status, 0) == pid)
+    precondition(kill(pid, 0) != 0 && errno == ESRCH, "pid \(pid) is not dead")
+    return pid
+}
