@@ -338,8 +338,31 @@ public final class DuplicateDB: @unchecked Sendable {
         Log.warning("duplicate database: \(logPath(bucket)) keeps being replaced")
     }
 
+    /// Makes every missing log and keeps them all open, and looks once for the earlier layout's
+    /// directories: a long-running server (nestbox-lmtpd, at start) then pays for none of it
+    /// while a client waits, and its first delivery into a bucket costs what every later one
+    /// does. Failures are logged; a log not opened here is opened at its first use.
+    public func openAll() {
+        let dir: Int32
+        do {
+            guard let fd = try openDirectory(create: true) else { return }
+            dir = fd
+        } catch {
+            Log.warning("duplicate database: \(error)")
+            return
+        }
+        defer { Glibc.close(dir) }
+        for bucket in 0..<DuplicateDB.buckets {
+            var st = stat()
+            let legacy = fstatat(dir, hexString([UInt8(bucket)]), &st, AT_SYMLINK_NOFOLLOW) == 0
+            pthread_mutex_lock(locks + bucket)
+            if !legacy { legacyGone[bucket] = true }
+            if descriptors[bucket] < 0 { descriptors[bucket] = openLog(bucket, in: dir, create: true) }
+            pthread_mutex_unlock(locks + bucket)
+        }
+    }
+
     private func openLog(_ bucket: Int, create: Bool) -> Int32 {
-        let path = logPath(bucket)
         let dir: Int32
         do {
             guard let fd = try openDirectory(create: create) else { return -1 }
@@ -349,6 +372,11 @@ public final class DuplicateDB: @unchecked Sendable {
             return -1
         }
         defer { Glibc.close(dir) }
+        return openLog(bucket, in: dir, create: create)
+    }
+
+    private func openLog(_ bucket: Int, in dir: Int32, create: Bool) -> Int32 {
+        let path = logPath(bucket)
         let flags = O_RDWR | O_APPEND | O_NOFOLLOW | O_CLOEXEC | (create ? O_CREAT : 0)
         let fd = openat(dir, Files.baseName(path), flags, Files.fileMode)
         if fd < 0 && !(errno == ENOENT && !create) {

@@ -221,8 +221,8 @@ public struct QuotaRoot: Sendable {
 
     /// The current state, recalculated first if the Maildir++ rules say so; nil: no quota.
     public func current() throws -> MaildirSize? {
-        guard let bytes = try Files.read(path, limit: 1 << 20) else { return nil }
-        guard let parsed = MaildirSize.parse(bytes) else {
+        guard let (bytes, parsed) = try MaildirSizeCache.shared.read(path) else { return nil }
+        guard let parsed else {
             Log.error("\(path): line 1: bad limits \"\(Names.printable(String(decoding: bytes.prefix(60), as: UTF8.self)))\"; quota not enforced until it is fixed")
             return nil
         }
@@ -377,5 +377,54 @@ public struct QuotaDefaults: Sendable {
         }
         try Files.makeDirectory(directory)
         try Files.replace(p, with: Array("\(limits.line)\n".utf8))
+    }
+}
+
+/// The maildirsize files this process read last, by path, parsed, with the identity of what was
+/// read (device, inode, size, mtime, ctime). A delivery checks its quota at RCPT and again just
+/// before it stores: unchanged in between (no delta appended, not rewritten by rename), the
+/// second look is one lstat instead of an open, a read and a parse. Any append changes the
+/// size; a recalculation renames a new file over (another inode).
+final class MaildirSizeCache: @unchecked Sendable {
+    static let shared = MaildirSizeCache()
+
+    private struct Entry {
+        var identity: [Int]
+        var bytes: [UInt8]
+        var parsed: MaildirSize?
+    }
+
+    private var mutex = pthread_mutex_t()
+    private var entries: [String: Entry] = [:]
+
+    init() { pthread_mutex_init(&mutex, nil) }
+
+    private static func identity(_ st: stat) -> [Int] {
+        [Int(st.st_dev), Int(st.st_ino), Int(st.st_size), st.st_mtim.tv_sec, st.st_mtim.tv_nsec,
+         st.st_ctim.tv_sec, st.st_ctim.tv_nsec]
+    }
+
+    /// The file's bytes and their parse (nil when line 1 does not parse); nil: no file.
+    func read(_ path: String) throws -> ([UInt8], MaildirSize?)? {
+        var st = stat()
+        let looked = lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+        if looked {
+            pthread_mutex_lock(&mutex)
+            let hit = entries[path].flatMap { $0.identity == MaildirSizeCache.identity(st) ? $0 : nil }
+            pthread_mutex_unlock(&mutex)
+            if let hit { return (hit.bytes, hit.parsed) }
+        }
+        let bytes = try Files.read(path, limit: 1 << 20)
+        let parsed = bytes.flatMap(MaildirSize.parse)
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        // Kept only when what was read is what was looked at (nothing appended in between).
+        if let bytes, looked, bytes.count == Int(st.st_size) {
+            if entries.count >= 4096 { entries.removeAll(keepingCapacity: true) }
+            entries[path] = Entry(identity: MaildirSizeCache.identity(st), bytes: bytes, parsed: parsed)
+        } else {
+            entries[path] = nil
+        }
+        return bytes.map { ($0, parsed) }
     }
 }

@@ -60,6 +60,7 @@ do {
     try MailStore(config: config).prepare()
     // Each delivery's uidlist lock is a link to one file of this process (DotLockHitch.swift).
     DotLock.hitch = DotLockHitch(base: config.partition, relative: MailStore.locksRelative)
+    server.delivery.duplicates?.openAll()
     try server.startAccepting()
     Log.info("listening on \(names.joined(separator: ", ")) as uid \(getuid()); mail root \(config.partition)")
 } catch let f as NestboxFailure {

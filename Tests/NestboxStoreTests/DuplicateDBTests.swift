@@ -184,6 +184,29 @@ final class DuplicateDBTests: TempDirTestCase {
         XCTAssertEqual(TestFS.list("\(root)/dup"), [])
     }
 
+    /// nestbox-lmtpd at start: every log made and kept open; records of the earlier layout are
+    /// still found in the buckets that have them, and appends go to the logs opened at start.
+    func testOpenAllMakesEveryLogAndKeepsTheEarlierLayout() throws {
+        let h = hexString(withUnsafeBytes(of: DuplicateDB.hash(key).bigEndian) { Array($0) })
+        TestFS.mkdirs("\(root)/dup/\(h.prefix(2))")
+        TestFS.write("\(root)/dup/\(h.prefix(2))/\(h)", key)
+        let opened = db
+        opened.openAll()
+        let logs = TestFS.list("\(root)/dup").filter { $0.hasSuffix(".log") }
+        XCTAssertEqual(logs.count, 256)
+        XCTAssertEqual(logs.first, "00.log")
+        XCTAssertEqual(logs.last, "ff.log")
+        XCTAssertTrue(opened.contains(key), "the earlier layout's record")
+        let other = self.key("<other@example.org>")
+        XCTAssertFalse(opened.contains(other))
+        opened.record(other)
+        XCTAssertTrue(opened.contains(other))
+        XCTAssertTrue(db.contains(other), "in the log at its path, for every other process")
+        opened.openAll()  // again: nothing changes
+        XCTAssertEqual(TestFS.list("\(root)/dup").filter { $0.hasSuffix(".log") }, logs)
+        XCTAssertTrue(opened.contains(other))
+    }
+
     /// A database directory replaced by a link to elsewhere: no record is written there, and
     /// prune touches nothing there.
     func testNoLogIsWrittenThroughALinkedDirectory() throws {

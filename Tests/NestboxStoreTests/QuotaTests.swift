@@ -30,6 +30,25 @@ final class QuotaTests: TempDirTestCase {
         }
     }
 
+    /// A delivery reads maildirsize twice (RCPT, then before storing); the second look may come
+    /// from what this process read, but never once the file changed: appended, or replaced by
+    /// a rename with a file of the very same size.
+    func testCurrentSeesEveryChangeOfTheFile() throws {
+        let quota = QuotaRoot(root: dir)
+        XCTAssertNil(try quota.current())
+        TestFS.write(quota.path, "100000S\n100 1\n")
+        XCTAssertEqual(try quota.current()?.usage, QuotaUsage(bytes: 100, messages: 1))
+        XCTAssertEqual(try quota.current()?.usage, QuotaUsage(bytes: 100, messages: 1))
+        try quota.append(bytes: 50, messages: 1)
+        XCTAssertEqual(try quota.current()?.usage, QuotaUsage(bytes: 150, messages: 2))
+        TestFS.write("\(dir)/maildirsize.new", "100000S\n90 1\n950 1\n")
+        XCTAssertEqual(rename("\(dir)/maildirsize.new", quota.path), 0)
+        XCTAssertEqual(try quota.current()?.usage, QuotaUsage(bytes: 1040, messages: 2))
+        XCTAssertEqual(try quota.current()?.limits, QuotaLimits(bytes: 100000, messages: nil))
+        XCTAssertEqual(unlink(quota.path), 0)
+        XCTAssertNil(try quota.current(), "gone: no quota")
+    }
+
     func testLimitsLine() {
         XCTAssertEqual(QuotaLimits(bytes: 10_485_760, messages: 1000).line, "10485760S,1000C")
         XCTAssertEqual(QuotaLimits().line, "0S")
