@@ -21,8 +21,9 @@ let package = Package(
         // The SASL bridge: libsasl2 (writes, checks) and Berkeley DB (read-only walks of sasldb2).
         .systemLibrary(name: "CSASL", pkgConfig: "libsasl2", providers: [.apt(["libsasl2-dev"])]),
         .systemLibrary(name: "CBerkeleyDB", providers: [.apt(["libdb5.3-dev"])]),
-        .target(name: "NestboxSASL", dependencies: ["NestboxSupport", "CSASL", "CBerkeleyDB"]),
-        .target(name: "NestboxStore", dependencies: ["NestboxSupport", "NestboxSASL"]),
+        .target(name: "NestboxSASLDB", dependencies: ["NestboxSupport", "CBerkeleyDB"]),
+        .target(name: "NestboxSASL", dependencies: ["NestboxSupport", "NestboxSASLDB", "CSASL"]),
+        .target(name: "NestboxStore", dependencies: ["NestboxSupport", "NestboxSASLDB"]),
         .target(name: "NestboxLMTP", dependencies: ["NestboxSupport", "NestboxStore"]),
         .target(name: "NestboxLMTPServer", dependencies: [
             "NestboxSupport", "NestboxStore", "NestboxLMTP",

@@ -44,6 +44,8 @@ printf 'Source: nestbox\n\nPackage: nestbox\nArchitecture: any\n' > "$work/src/d
 depends=$(cd "$work/src" && dpkg-shlibdeps -O "$stage"/usr/bin/* 2>"$work/shlibdeps.err" | sed -n 's/^shlibs:Depends=//p') || {
   cat "$work/shlibdeps.err" >&2; exit 70; }
 [ -n "$depends" ] || { echo "deb.sh: dpkg-shlibdeps found no dependencies" >&2; exit 70; }
+# Berkeley DB is loaded at run time (dlopen: the SASL database), so no program names it.
+case ", $depends," in *", libdb5.3"*) ;; *) depends="$depends, libdb5.3" ;; esac
 
 mkdir -p "$stage/DEBIAN"
 cat > "$stage/DEBIAN/control" <<EOF

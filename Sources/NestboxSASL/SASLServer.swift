@@ -19,6 +19,7 @@ import Glibc
 import Musl
 #endif
 import CSASL
+@_exported import NestboxSASLDB
 import NestboxSupport
 
 /// What libsasl2 is asked for; set once, before `SASLServer.start`.

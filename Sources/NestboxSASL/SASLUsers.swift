@@ -19,6 +19,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import NestboxSASLDB
 import NestboxSupport
 
 /// A user name and its realm, checked: no control characters, no `@` in either part, at most

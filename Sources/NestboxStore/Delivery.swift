@@ -25,7 +25,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import NestboxSASL
+import NestboxSASLDB
 import NestboxSupport
 
 public struct DeliveryTarget: Sendable {
@@ -200,7 +200,7 @@ public struct Delivery: Sendable {
         }
         do {
             try prepare(target)
-            if !ignoreQuota, let refusal = try quotaRefusal(target, incomingSize: message.size) { throw refusal }
+            if !ignoreQuota, let refusal = try quotaRefusal(target, incomingSize: message.size, again: true) { throw refusal }
             let folder = target.folder
             let base = MaildirName.newBase(host: config.serverName)
             let final = MaildirName.stem(base: base, size: message.size, virtualSize: message.virtualSize)
@@ -262,8 +262,9 @@ public struct Delivery: Sendable {
 
     /// The refusal when the target's quota is already used up (or, with lmtp_strict_quota,
     /// would be by a message of `incomingSize`); nil when there is room or no quota.
-    public func quotaRefusal(_ target: DeliveryTarget, incomingSize: Int64?) throws -> NestboxFailure? {
-        guard let state = try target.quota.current() else { return nil }
+    /// `again`: the delivery looked at RCPT already (QuotaRoot.current).
+    public func quotaRefusal(_ target: DeliveryTarget, incomingSize: Int64?, again: Bool = false) throws -> NestboxFailure? {
+        guard let state = try target.quota.current(again: again) else { return nil }
         let incoming = config.strictQuota ? QuotaUsage(bytes: incomingSize ?? 0, messages: 1) : nil
         guard state.isOver(adding: incoming) else { return nil }
         let row: Outcome = config.overQuotaIsPermanent ? .overQuotaPermanent : .overQuota

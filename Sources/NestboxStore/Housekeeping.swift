@@ -5,8 +5,8 @@
 // - spool files of deliveries that died (MailStore.cleanSpool): older than 36 hours by ctime;
 // - trees of mailbox creations that died (MailStore.cleanCreations): older than 36 hours;
 // - lock files of nestbox-lmtpd processes that are gone (MailStore.cleanLocks): those naming a
-//   process of this host that no longer exists, and any older than 36 hours by ctime (a live
-//   one's ctime moves at every lock).
+//   process of this host that no longer exists; another host's when older than 36 hours by
+//   ctime (a live one's ctime moves at every lock).
 // Each part is safe to run at any time beside live deliveries (their ages are far beyond any
 // live delivery or creation), and a failure in one does not stop the others. nestbox-lmtpd runs
 // it daily; nestbox-purge runs it too.
@@ -76,8 +76,9 @@ extension MailStore {
     }
 
     /// Removes the lock files (`lock.<host>.<pid>.<x>`, DotLockHitch.swift) of processes that
-    /// are gone: of this host and a pid that does not exist, or older than `age` by ctime.
-    /// A dotlock still linked to one names a dead process and is judged stale by its waiters.
+    /// are gone: of this host, when that pid does not exist (a live one's, this process's
+    /// included, stays however old); of another host (a shared mail root), or not named so,
+    /// when older than `age` by ctime (a live one's ctime moves at every lock).
     @discardableResult
     public func cleanLocks(olderThan age: Double = 36 * 3600) -> Int {
         var removed = 0
@@ -85,11 +86,13 @@ extension MailStore {
         for name in (try? Files.list(locksDirectory)) ?? [] {
             let path = "\(locksDirectory)/\(name)"
             guard let st = try? Files.status(path), (st.st_mode & S_IFMT) == S_IFREG else { continue }
-            var gone = now - Double(st.st_ctim.tv_sec) > age
             let parts = name.split(separator: ".", omittingEmptySubsequences: false)
-            if !gone, parts.count >= 4, parts[0] == "lock", parts[parts.count - 3] == DotLockHitch.hostLabel,
-               let pid = pid_t(parts[parts.count - 2]), pid > 0, pid != getpid() {
-                gone = kill(pid, 0) != 0 && errno == ESRCH
+            let gone: Bool
+            if parts.count >= 4, parts[0] == "lock", parts[parts.count - 3] == DotLockHitch.hostLabel,
+               let pid = pid_t(parts[parts.count - 2]), pid > 0 {
+                gone = pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH
+            } else {
+                gone = now - Double(st.st_ctim.tv_sec) > age
             }
             if gone && unlink(path) == 0 { removed += 1 }
         }

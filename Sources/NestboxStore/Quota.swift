@@ -220,8 +220,10 @@ public struct QuotaRoot: Sendable {
     public func countUsage() throws -> QuotaUsage { try countStable() }
 
     /// The current state, recalculated first if the Maildir++ rules say so; nil: no quota.
-    public func current() throws -> MaildirSize? {
-        guard let (bytes, parsed) = try MaildirSizeCache.shared.read(path) else { return nil }
+    /// `again`: a delivery's second look (just before it stores, after the one at RCPT), which
+    /// may be answered by what this process read last if the file is unchanged.
+    public func current(again: Bool = false) throws -> MaildirSize? {
+        guard let (bytes, parsed) = try MaildirSizeCache.shared.read(path, again: again) else { return nil }
         guard let parsed else {
             Log.error("\(path): line 1: bad limits \"\(Names.printable(String(decoding: bytes.prefix(60), as: UTF8.self)))\"; quota not enforced until it is fixed")
             return nil
@@ -384,7 +386,8 @@ public struct QuotaDefaults: Sendable {
 /// read (device, inode, size, mtime, ctime). A delivery checks its quota at RCPT and again just
 /// before it stores: unchanged in between (no delta appended, not rewritten by rename), the
 /// second look is one lstat instead of an open, a read and a parse. Any append changes the
-/// size; a recalculation renames a new file over (another inode).
+/// size; a recalculation renames a new file over (another inode). A first look always reads
+/// the file: on NFS an open revalidates what lstat may take from a cache of attributes.
 final class MaildirSizeCache: @unchecked Sendable {
     static let shared = MaildirSizeCache()
 
@@ -405,10 +408,10 @@ final class MaildirSizeCache: @unchecked Sendable {
     }
 
     /// The file's bytes and their parse (nil when line 1 does not parse); nil: no file.
-    func read(_ path: String) throws -> ([UInt8], MaildirSize?)? {
+    func read(_ path: String, again: Bool) throws -> ([UInt8], MaildirSize?)? {
         var st = stat()
         let looked = lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
-        if looked {
+        if looked && again {
             pthread_mutex_lock(&mutex)
             let hit = entries[path].flatMap { $0.identity == MaildirSizeCache.identity(st) ? $0 : nil }
             pthread_mutex_unlock(&mutex)

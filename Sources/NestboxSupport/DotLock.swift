@@ -30,8 +30,8 @@ public final class DotLock {
     public let path: String
     private var held = true
     private let inode: ino_t
-    /// A link to the process's hitch: that inode cannot be anyone else's lock while it stands.
-    private var hitched = false
+    /// A link to the process's hitch: released through it (DotLockHitch.release).
+    private var hitched: (hitch: DotLockHitch, token: UInt64)? = nil
 
     /// Set once, before the first lock, by a process that takes many (nestbox-lmtpd).
     nonisolated(unsafe) public static var hitch: DotLockHitch?
@@ -72,10 +72,11 @@ public final class DotLock {
             // ext4's inode allocator slows down with every recently freed inode. An empty lock
             // is judged by its age instead (removeIfStale). With a hitch, a link to it.
             var taken = false
+            let hitch = DotLock.hitch
             switch hitch?.link(as: lockPath) ?? .unavailable {
-            case .linked(let inode, let mtime):
+            case .linked(let token, let inode, let mtime):
                 let lock = DotLock(path: lockPath, inode: inode, made: mtime)
-                lock.hitched = true
+                lock.hitched = (hitch!, token)
                 return lock
             case .exists:
                 taken = true
@@ -126,9 +127,13 @@ public final class DotLock {
         // Same inode and the mtime we made it with (or, after touch(), still our pid:host
         // inside): an inode number alone can be reused by a lock someone else created after
         // ours was judged stale and removed.
+        if let (hitch, token) = hitched {
+            hitch.release(path, token: token)
+            return
+        }
         var st = stat()
         guard lstat(path, &st) == 0, st.st_ino == inode else { return }
-        if hitched || !touched && st.st_mtim.tv_sec == made.tv_sec && st.st_mtim.tv_nsec == made.tv_nsec {
+        if !touched && st.st_mtim.tv_sec == made.tv_sec && st.st_mtim.tv_nsec == made.tv_nsec {
             unlink(path)
         } else if let content = try? Files.read(path, limit: 300), content == Array("\(getpid()):\(Host.name)".utf8) {
             unlink(path)

@@ -15,7 +15,11 @@
 // written as `_`). Locks in a directory on another file system (EXDEV) are taken with O_EXCL. A
 // hitch removed by someone else is made again. One left by a process that was killed is
 // removed by the store's housekeeping (its pid is gone); a lock linked to it names a dead
-// process and is judged stale as any other. Only nestbox-lmtpd uses one: a process that takes
+// process and is judged stale as any other. What differs: every lock of the process shows the
+// mtime of its latest, so Nestbox's own age rule (nothing changed for 120 s) does not break the
+// lock of a live nestbox-lmtpd that goes on delivering elsewhere; Dovecot never breaks the lock
+// of a live process at all. Only the thread whose link is the latest at a path removes it, and
+// only while the name is still a link to this hitch. Only nestbox-lmtpd uses one: a process that takes
 // one lock and exits would only add the hitch's own inode.
 
 #if canImport(Glibc)
@@ -48,62 +52,91 @@ public final class DotLockHitch: @unchecked Sendable {
         pthread_mutex_init(&mutex, nil)
     }
 
-    deinit { remove() }
+    deinit {
+        remove()
+        close()
+    }
 
     /// What `link` did.
     enum Outcome {
-        /// The lock is made: a link to the hitch, whose inode and mtime are these.
-        case linked(ino_t, timespec)
+        /// The lock is made: a link to the hitch; `token` is what `release` needs.
+        case linked(token: UInt64, inode: ino_t, mtime: timespec)
         /// The name is taken.
         case exists
         /// Not possible here: take the lock with O_EXCL.
         case unavailable
     }
 
-    /// Links the hitch as `lockPath`, its mtime set to now first.
+    /// The last link made at each lock path, and the hitch it was made from (`generation`):
+    /// only that link's holder may remove the name. Under `mutex`.
+    private var owners: [String: (token: UInt64, generation: UInt64)] = [:]
+    private var nextToken: UInt64 = 0
+    /// Counts the hitches made: a lock linked to an earlier one (gone: its last link went, so
+    /// its inode may belong to anyone now) is never removed through this one.
+    private var generation: UInt64 = 0
+
+    /// Links the hitch as `lockPath`, its mtime set to now first (the lock's age is what other
+    /// processes judge; every lock of this process then looks as fresh as its latest, which
+    /// is what Dovecot assumes of a lock whose process is alive: it never breaks one).
+    /// Everything runs under the mutex: the descriptors are never used while another thread
+    /// replaces them, and a link and its release never interleave with another at that path.
     func link(as lockPath: String) -> Outcome {
         let parent = Files.directoryName(lockPath)
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
         for attempt in 0..<2 {
-            pthread_mutex_lock(&mutex)
-            if elsewhere.contains(parent) || (directory < 0 && !make()) {
-                pthread_mutex_unlock(&mutex)
-                return .unavailable
-            }
-            let (dir, name, file, inode) = (directory, self.name, self.file, self.inode)
-            pthread_mutex_unlock(&mutex)
-
+            if retired || elsewhere.contains(parent) || (directory < 0 && !make()) { return .unavailable }
             var st = stat()
             guard futimens(file, nil) == 0, fstat(file, &st) == 0 else { return .unavailable }
-            if st.st_nlink > 0 && linkat(dir, name, AT_FDCWD, lockPath, 0) == 0 { return .linked(inode, st.st_mtim) }
+            if st.st_nlink > 0 && linkat(directory, name, AT_FDCWD, lockPath, 0) == 0 {
+                nextToken += 1
+                owners[lockPath] = (nextToken, generation)
+                if owners.count > 10_000 { owners = owners.filter { $0.value.generation == generation } }
+                return .linked(token: nextToken, inode: inode, mtime: st.st_mtim)
+            }
             let code = st.st_nlink == 0 ? ENOENT : errno
             switch code {
             case EEXIST:
                 return .exists
             case EXDEV:
-                pthread_mutex_lock(&mutex)
                 if elsewhere.count < 10_000 { elsewhere.insert(parent) }
-                pthread_mutex_unlock(&mutex)
                 return .unavailable
-            case ENOENT where attempt == 0:
-                // The hitch itself gone (removed by a cleanup)? Then made again, once.
-                guard fstat(file, &st) == 0, st.st_nlink == 0 else { return .unavailable }
-                pthread_mutex_lock(&mutex)
-                if self.file == file { close() }
-                pthread_mutex_unlock(&mutex)
+            case ENOENT where attempt == 0 && st.st_nlink == 0:
+                // The hitch removed by someone else and no lock linked to it: made again, once.
+                close()
             default:
+                // ENOENT with links left: the hitch's name is gone but a lock made from it still
+                // stands; O_EXCL until it is released and the hitch can be made again.
                 return .unavailable
             }
         }
         return .unavailable
     }
 
-    /// Removes the hitch (at exit; locks linked to it are released by their holders first).
+    /// Removes `lockPath` if it is still the link `token` made: this process's latest link
+    /// there, from the hitch that is still open (so the inode is ours), and the name still that
+    /// inode. Returns whether it was removed.
+    @discardableResult
+    func release(_ lockPath: String, token: UInt64) -> Bool {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        guard let owner = owners[lockPath], owner.token == token else { return false }
+        owners[lockPath] = nil
+        var st = stat()
+        guard owner.generation == generation, file >= 0, lstat(lockPath, &st) == 0, st.st_ino == inode else { return false }
+        return unlink(lockPath) == 0
+    }
+
+    /// Removes the hitch's name (at exit). Locks still linked to it are released by their
+    /// holders as usual; later locks are made with O_EXCL.
     public func remove() {
         pthread_mutex_lock(&mutex)
+        retired = true
         if directory >= 0 { unlinkat(directory, name, 0) }
-        close()
         pthread_mutex_unlock(&mutex)
     }
+
+    private var retired = false
 
     /// Under `mutex`.
     private func make() -> Bool {
@@ -123,6 +156,7 @@ public final class DotLockHitch: @unchecked Sendable {
             return false
         }
         (directory, name, file, inode) = (dir, candidate, fd, st.st_ino)
+        generation += 1
         return true
     }
 

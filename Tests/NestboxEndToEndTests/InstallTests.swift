@@ -79,6 +79,13 @@ final class InstallTests: XCTestCase {
     func testReleaseProgramsLinkTheSwiftLibrariesStatically() throws {
         try requireReleaseBuild()
         for p in Self.programs { try assertRunsWithoutToolchain("\(Self.releaseDir)/\(p)") }
+        // Berkeley DB is loaded only when a SASL database is read; libsasl2 only by the program
+        // that speaks to it: neither is mapped and relocated at each start of a delivery.
+        for p in Self.programs {
+            let needed = try dynamicSection("\(Self.releaseDir)/\(p)").needed
+            XCTAssertFalse(needed.contains { $0.hasPrefix("libdb") }, "\(p) needs \(needed)")
+            XCTAssertEqual(needed.contains { $0.hasPrefix("libsasl2") }, p == "nestbox-passwd", "\(p) needs \(needed)")
+        }
     }
 
     func testInstallIntoDestdirAndRunTheInstalledDeliverWithAnEmptyEnvironment() throws {

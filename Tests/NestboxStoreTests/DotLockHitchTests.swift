@@ -98,6 +98,40 @@ final class DotLockHitchTests: TempDirTestCase {
         XCTAssertNil(status(lockPath))
     }
 
+    /// A lock of ours judged stale and removed by another process, then taken again by
+    /// another thread of ours at the same path: the first holder's release leaves the second
+    /// holder's lock alone (same inode, same content: only the link's owner may remove it).
+    func testAReleaseNeverRemovesTheLatestLinkOfAnotherHolder() throws {
+        let first = try DotLock.acquire(lockPath)
+        XCTAssertEqual(unlink(lockPath), 0)  // judged stale by someone else
+        let second = try DotLock.acquire(lockPath, options: DotLock.Options(timeout: 1))
+        first.release()
+        XCTAssertEqual(status(lockPath)?.st_nlink, 2, "the second holder's lock stands")
+        second.release()
+        XCTAssertNil(status(lockPath))
+
+        // Replaced by another process's own lock (another inode): left alone.
+        let third = try DotLock.acquire(lockPath)
+        XCTAssertEqual(unlink(lockPath), 0)
+        TestFS.write(lockPath, "1:\(Host.name)")
+        third.release()
+        XCTAssertEqual(TestFS.readText(lockPath), "1:\(Host.name)")
+    }
+
+    /// After `remove` (at exit) locks still held are released as usual and new ones are made
+    /// with O_EXCL: no hitch is made again.
+    func testRemoveAtExitLeavesHeldLocksReleasable() throws {
+        let held = try DotLock.acquire(lockPath)
+        DotLock.hitch?.remove()
+        XCTAssertEqual(hitches(), [])
+        let later = try DotLock.acquire("\(dir)/folder/other.lock")
+        XCTAssertEqual(status("\(dir)/folder/other.lock")?.st_nlink, 1)
+        later.release()
+        held.release()
+        XCTAssertNil(status(lockPath))
+        XCTAssertEqual(hitches(), [])
+    }
+
     func testAHitchRemovedBySomeoneElseIsMadeAgain() throws {
         try DotLock.acquire(lockPath).release()
         let first = hitches()

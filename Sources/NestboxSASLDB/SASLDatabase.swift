@@ -13,6 +13,11 @@
 // terminal (they are collected into the failure's detail). libsasl2 writes without locks:
 // a reader racing a writer can see a half-written page, which shows as a temporary failure,
 // never as a missing user.
+//
+// Berkeley DB is loaded (dlopen) the first time a database is opened, not linked: every program
+// reaches this file through the store (autocreate_users: sasldb), and the dynamic loader would
+// otherwise map and relocate libdb at each start of nestbox-deliver, once per message, for the
+// few sites that use it. A missing library is a configuration error naming the package.
 
 #if canImport(Glibc)
 import Glibc
@@ -137,8 +142,9 @@ public struct SASLDatabase: Sendable {
             let code = errno
             throw failure("open", code)
         }
+        let library = try BerkeleyDB.load()
         var handle: UnsafeMutablePointer<DB>? = nil
-        var rc = db_create(&handle, nil, 0)
+        var rc = library.create(&handle, nil, 0)
         guard rc == 0, let db = handle else { throw failure("open", rc) }
         defer { _ = db.pointee.close(db, 0) }
         db.pointee.set_errcall(db, nil)
@@ -150,11 +156,38 @@ public struct SASLDatabase: Sendable {
 
     /// A Berkeley DB or errno code as the failure of `operation` on this file.
     func failure(_ operation: String, _ code: Int32) -> NestboxFailure {
-        let reason = String(cString: db_strerror(code))
+        let reason = (try? BerkeleyDB.load())?.strerror(code).map { String(cString: $0) } ?? errnoText(code)
         switch code {
         case ENOENT: return NestboxFailure(.noInput, "\(operation) SASL database \(path): \(reason)")
         case EACCES, EPERM: return NestboxFailure(.noPermission, "\(operation) SASL database \(path): \(reason)")
         default: return NestboxFailure(.temporary, "\(operation) SASL database \(path): \(reason)")
         }
     }
+}
+
+/// libdb's two entry points this file calls by name (everything else goes through the handle's
+/// function pointers), found once per process.
+struct BerkeleyDB: @unchecked Sendable {
+    typealias Create = @convention(c) (UnsafeMutablePointer<UnsafeMutablePointer<DB>?>?, OpaquePointer?, UInt32) -> Int32
+    typealias StrError = @convention(c) (Int32) -> UnsafeMutablePointer<CChar>?
+
+    let create: Create
+    let strerror: StrError
+
+    /// The soname Debian's libdb5.3 installs (the one libsasl2's sasldb plugin uses).
+    static let soname = "libdb-5.3.so"
+
+    private static let loaded: Result<BerkeleyDB, NestboxFailure> = {
+        guard let handle = dlopen(soname, RTLD_NOW | RTLD_LOCAL) else {
+            let why = dlerror().map { String(cString: $0) } ?? soname
+            return .failure(NestboxFailure(.config, "Berkeley DB (for the SASL database) cannot be loaded: \(why); install libdb5.3"))
+        }
+        guard let create = dlsym(handle, "db_create"), let strerror = dlsym(handle, "db_strerror") else {
+            return .failure(NestboxFailure(.config, "\(soname): db_create or db_strerror missing"))
+        }
+        return .success(BerkeleyDB(create: unsafeBitCast(create, to: Create.self),
+                                   strerror: unsafeBitCast(strerror, to: StrError.self)))
+    }()
+
+    static func load() throws -> BerkeleyDB { try loaded.get() }
 }
