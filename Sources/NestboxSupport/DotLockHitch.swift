@@ -123,8 +123,17 @@ public final class DotLockHitch: @unchecked Sendable {
         guard let owner = owners[lockPath], owner.token == token else { return false }
         owners[lockPath] = nil
         var st = stat()
-        guard owner.generation == generation, file >= 0, lstat(lockPath, &st) == 0, st.st_ino == inode else { return false }
-        return unlink(lockPath) == 0
+        guard owner.generation == generation, file >= 0 else { return false }
+        if lstat(lockPath, &st) != 0 {
+            // Gone already (judged stale and removed): nothing to do. Anything else leaves a
+            // lock that looks alive for as long as this process locks elsewhere: said so.
+            if errno != ENOENT { Log.warning("lock \(lockPath): \(errnoText(errno)); not removed") }
+            return false
+        }
+        guard st.st_ino == inode else { return false }
+        if unlink(lockPath) == 0 { return true }
+        if errno != ENOENT { Log.warning("remove lock \(lockPath): \(errnoText(errno))") }
+        return false
     }
 
     /// Removes the hitch's name (at exit). Locks still linked to it are released by their
