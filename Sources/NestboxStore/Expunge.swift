@@ -56,8 +56,8 @@ extension Folder {
         _ = try checkLinks()  // nothing is unlinked through a symbolic link below the mail root
         let session = try beginUIDListSession(options: options)
         defer { session.finish() }
-        var list = listFirst || !wanted.isEmpty ? try session.read() : nil
-        let listRead = list != nil || listFirst || !wanted.isEmpty
+        let listRead = listFirst || !wanted.isEmpty  // requested UIDs are matched during the scan
+        var list = listRead ? try session.read() : nil
         // Each chosen file is unlinked (relative to new/ or cur/, opened here) by other threads
         // while the listing goes on: the removal then takes about as long as the unlinks alone,
         // and less on a disk that discards freed blocks (their waits overlap).

@@ -75,25 +75,23 @@ extension MailStore {
         return result
     }
 
-    /// Removes the lock files (`lock.<host>.<pid>.<x>`, DotLockHitch.swift) of processes that
-    /// are gone: of this host, when that pid does not exist (a live one's, this process's
-    /// included, stays however old); of another host (a shared mail root), or not named so,
-    /// when older than `age` by ctime (a live one's ctime moves at every lock).
+    /// Removes the lock files (DotLockHitch.swift) of processes that are gone, judged by what
+    /// they hold as any dotlock is (DotLock.holderIsDead): of this host, when that pid does not
+    /// exist (a live one's, this process's included, stays however old); of another host (a
+    /// shared mail root), when older than `age` by ctime (a live one's ctime moves at every
+    /// lock); empty, when older than 2 s (its maker died before writing).
     @discardableResult
     public func cleanLocks(olderThan age: Double = 36 * 3600) -> Int {
         var removed = 0
         let now = wallSeconds()
         for name in (try? Files.list(locksDirectory)) ?? [] {
             let path = "\(locksDirectory)/\(name)"
-            guard let st = try? Files.status(path), (st.st_mode & S_IFMT) == S_IFREG else { continue }
-            let parts = name.split(separator: ".", omittingEmptySubsequences: false)
-            let gone: Bool
-            if parts.count >= 4, parts[0] == "lock", parts[parts.count - 3] == DotLockHitch.hostLabel,
-               let pid = pid_t(parts[parts.count - 2]), pid > 0 {
-                gone = pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH
-            } else {
-                gone = now - Double(st.st_ctim.tv_sec) > age
-            }
+            guard let st = try? Files.status(path), (st.st_mode & S_IFMT) == S_IFREG,
+                  let bytes = try? Files.read(path, limit: 300) else { continue }
+            let text = String(decoding: bytes, as: UTF8.self)
+            let thisHost = text.hasSuffix(":\(Host.name)")
+            let gone = DotLock.holderIsDead(text, modified: st.st_mtim)
+                || (!thisHost && !text.isEmpty && now - Double(st.st_ctim.tv_sec) > age)
             if gone && unlink(path) == 0 { removed += 1 }
         }
         return removed

@@ -64,7 +64,8 @@ public struct MailStore: Sendable {
     public var duplicatesDirectory: String { "\(internalDirectory)/duplicates" }
     /// Where mailboxes are built before they are renamed into place.
     public var creationDirectory: String { "\(internalDirectory)/create" }
-    /// Where long-running processes keep the file their dotlocks are links to.
+    /// Where long-running processes keep the file their dotlocks are links to (made by the
+    /// first of them, DotLockHitch.swift).
     public var locksDirectory: String { "\(internalDirectory)/locks" }
     public static let locksRelative = ".nestbox/locks"
 
@@ -74,7 +75,7 @@ public struct MailStore: Sendable {
         do {
             try makeParents(root)
             // Looked at before made: they exist at every delivery but the first.
-            for dir in [internalDirectory, spoolDirectory, creationDirectory, locksDirectory] where !Files.isDirectory(dir) {
+            for dir in [internalDirectory, spoolDirectory, creationDirectory] where !Files.isDirectory(dir) {
                 try Files.makeDirectory(dir)
             }
         } catch let failure as NestboxFailure {
@@ -101,11 +102,11 @@ public struct MailStore: Sendable {
             return nil
         }
         let levels = [(root, "mail root"), (internalDirectory, "directory"), (spoolDirectory, "directory"),
-                      (creationDirectory, "directory"), (locksDirectory, "directory")]
+                      (creationDirectory, "directory")]
         for (i, (path, label)) in levels.enumerated() {
             // A level must be writable when something is still to be made in it.
             let writable = i == 0 ? !Files.exists(internalDirectory)
-                : i == 1 ? !Files.exists(spoolDirectory) || !Files.exists(creationDirectory) || !Files.exists(locksDirectory) : true
+                : i == 1 ? !Files.exists(spoolDirectory) || !Files.exists(creationDirectory) : true
             if let problem = Access.directoryProblem(path, label: label, for: who, writable: writable) {
                 return problem + suffix
             }

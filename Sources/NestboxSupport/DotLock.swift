@@ -195,7 +195,7 @@ public final class DotLock {
     /// Whether a lock holding `text` was left by a process that is gone: it names a process of
     /// this host that no longer exists, or it is still empty 2 s after it was made (its creator
     /// writes the content right after creating it, so it died in between).
-    static func holderIsDead(_ text: String, modified: timespec) -> Bool {
+    public static func holderIsDead(_ text: String, modified: timespec) -> Bool {
         if let colon = text.firstIndex(of: ":"), let pid = pid_t(text[..<colon]), pid > 0 {
             let host = String(text[text.index(after: colon)...])
             return host == Host.name && kill(pid, 0) != 0 && errno == ESRCH

@@ -11,7 +11,7 @@
 // own file creations down. A link only adds a directory entry. bench/README gives the figures.
 //
 // The hitch lives in the mail root's `.nestbox/locks/` (the same file system as the mailboxes,
-// reached without following a link), named `lock.<host>.<pid>.<random>` (dots in the host name
+// reached, and made when missing, without following a link), named `lock.<host>.<pid>.<random>` (dots in the host name
 // written as `_`). Locks in a directory on another file system (EXDEV) are taken with O_EXCL. A
 // hitch removed by someone else is made again. One left by a process that was killed is
 // removed by the store's housekeeping (its pid is gone); a lock linked to it names a dead
@@ -148,11 +148,23 @@ public final class DotLockHitch: @unchecked Sendable {
     private var retired = false
 
     /// Under `mutex`.
+    /// The directory is made here if missing (only a process with a hitch needs it), level by
+    /// level without following a link. A hitch that cannot be made is not tried again: this
+    /// process's locks are then made with O_EXCL, as without one.
     private func make() -> Bool {
-        guard let dir = try? Files.openDirectoryBeneath(base, relative) else { return false }
+        let dir: Int32
+        do {
+            dir = try Files.makeDirectoryBeneath(base, relative)
+        } catch {
+            Log.warning("dotlocks made as files (no lock file of this process): \(error)")
+            retired = true
+            return false
+        }
         let candidate = "lock.\(DotLockHitch.hostLabel).\(getpid()).\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
         let fd = openat(dir, candidate, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
+            Log.warning("dotlocks made as files (no lock file of this process): \(NestboxFailure.system("create", "\(base)/\(relative)/\(candidate)"))")
+            retired = true
             Glibc.close(dir)
             return false
         }

@@ -39,7 +39,7 @@ final class RecipientTranscriptTests: LMTPTestCase {
                    check: { env, _ in
                        XCTAssertFalse(FS.exists("\(env.dir)/x"))
                        XCTAssertEqual(FS.list(env.root), [".nestbox", "bob"])
-                       XCTAssertEqual(FS.list("\(env.root)/.nestbox"), ["create", "locks", "spool"])
+                       XCTAssertEqual(FS.list("\(env.root)/.nestbox"), ["create", "spool"])
                    })
     }
 

@@ -157,8 +157,10 @@ final class DotLockHitchTests: TempDirTestCase {
         lock.release()
         XCTAssertNil(status("\(elsewhere)/dovecot-uidlist.lock"))
 
-        // No directory to make the hitch in (or one reached through a link).
-        DotLock.hitch = DotLockHitch(base: dir, relative: "missing/locks")
+        // No directory can be made for the hitch (a level is a file), or one is reached
+        // through a link.
+        TestFS.write("\(dir)/file", "x")
+        DotLock.hitch = DotLockHitch(base: dir, relative: "file/locks")
         let plain = try DotLock.acquire(lockPath)
         XCTAssertEqual(status(lockPath)?.st_nlink, 1)
         plain.release()

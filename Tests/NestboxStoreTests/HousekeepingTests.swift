@@ -45,21 +45,24 @@ final class HousekeepingTests: TempDirTestCase {
     func testLockFilesOfProcessesThatAreGone() throws {
         let store = MailStore(config: try NamesTests.config([("partition-default", "\(dir)/mail")]))
         try store.prepare()
-        XCTAssertTrue(Files.isDirectory(store.locksDirectory), "made by prepare")
+        XCTAssertFalse(Files.isDirectory(store.locksDirectory), "not made for every delivery")
+        // Ours, made by a lock as nestbox-lmtpd makes it (and with it the directory).
+        DotLock.hitch = DotLockHitch(base: store.root, relative: MailStore.locksRelative)
+        defer { DotLock.hitch?.remove(); DotLock.hitch = nil }
+        try DotLock.acquire("\(dir)/x.lock").release()
+        XCTAssertTrue(Files.isDirectory(store.locksDirectory), "made by the first hitch")
         let host = DotLockHitch.hostLabel
+        let ours = TestFS.list(store.locksDirectory).filter { $0.hasPrefix("lock.\(host).\(getpid()).") }
+        XCTAssertEqual(ours.count, 1)
         let dead = deadPID()
         TestFS.write("\(store.locksDirectory)/lock.\(host).\(dead).1a", "\(dead):\(Host.name)")
         TestFS.write("\(store.locksDirectory)/lock.\(host).1.2b", "1:\(Host.name)")  // init: alive
         TestFS.write("\(store.locksDirectory)/lock.other_host.\(dead).3c", "\(dead):other.host")
-        // Ours, made by a lock as nestbox-lmtpd makes it.
-        DotLock.hitch = DotLockHitch(base: store.root, relative: MailStore.locksRelative)
-        defer { DotLock.hitch?.remove(); DotLock.hitch = nil }
-        try DotLock.acquire("\(dir)/x.lock").release()
-        let ours = TestFS.list(store.locksDirectory).filter { $0.hasPrefix("lock.\(host).\(getpid()).") }
-        XCTAssertEqual(ours.count, 1)
+        TestFS.write("\(store.locksDirectory)/lock.\(host).\(dead).4d", "")  // its maker died before writing
+        TestFS.age("\(store.locksDirectory)/lock.\(host).\(dead).4d", by: 60)
 
         let result = store.housekeeping(duplicates: nil, age: 86400)
-        XCTAssertEqual(result.lockFiles, 1)
+        XCTAssertEqual(result.lockFiles, 2)
         XCTAssertEqual(TestFS.list(store.locksDirectory), (["lock.\(host).1.2b", "lock.other_host.\(dead).3c"] + ours).sorted(),
                        "another host's pid cannot be judged here: only its age counts")
         XCTAssertEqual(store.housekeeping(duplicates: nil, age: -1).lockFiles, 1, "older than the age: another host's")
