@@ -1,6 +1,6 @@
 /* The disk's limit for a safe delivery: only the syscalls one needs, nothing else.
  *
- *   limit DIR WRITERS DIRECTORIES MESSAGES [SIZE]
+ *   limit DIR WRITERS DIRECTORIES MESSAGES [SIZE [list]]
  *
  * WRITERS threads share MESSAGES between them (the first MESSAGES % WRITERS take one more).
  * DIRECTORIES is 1 (every writer into DIR/m0) or WRITERS (writer i into DIR/m<i>); each is a
@@ -9,6 +9,13 @@
  *   rename(tmp/<name>, new/<name>), fsync(new/)
  * (new/ is opened once per writer and kept open.) Prints one line: messages, seconds,
  * messages/s; exits 1 on any failed call, naming it.
+ *
+ * With `list`, each message also gets its line in the Maildir's dovecot-uidlist, durable
+ * before the message counts as delivered, committed in rounds as Nestbox's group commit does
+ * (GroupCommit.swift) without its lock file: once its file is fsynced a writer queues it; the
+ * first writer to find no round running renames every queued file into new/, appends their
+ * lines in one write(2), fdatasyncs the list and fsyncs new/; the others wait for their round.
+ * That is the floor of a delivery that keeps Dovecot's UIDs, to compare a server with.
  *
  * Built by bench/limit.sh with the system C compiler: cc -O2 -pthread -o limit limit.c
  */
@@ -26,17 +33,74 @@
 static const char *root;
 static size_t size = 4096;
 static char *buffer;
+static int with_list;
+
+/* One Maildir's group commit (with `list`). */
+struct maildir {
+    pthread_mutex_t mutex;
+    pthread_cond_t changed;
+    int committing;
+    int list, new_fd, tmp_fd;
+    unsigned next_uid;
+    int queued, *queue_writer, *queue_message; /* names w<writer>.m<message> */
+    unsigned long rounds;
+};
+static struct maildir maildirs[64];
 
 struct writer {
     pthread_t thread;
     int index;
     int count;
     char dir[4096];
+    struct maildir *maildir;
     int failed;
 };
 
 static void fail(const char *what, const char *path) {
     fprintf(stderr, "limit: %s %s: %s\n", what, path, strerror(errno));
+}
+
+/* With `list`: moves message `i` of writer `w` (fsynced in tmp/) into new/ and makes its
+ * uidlist line durable, in whatever round takes it. Returns 0, or -1 after naming a failure. */
+static int commit(struct writer *w, int i) {
+    struct maildir *m = w->maildir;
+    pthread_mutex_lock(&m->mutex);
+    m->queue_writer[m->queued] = w->index;
+    m->queue_message[m->queued] = i;
+    m->queued++;
+    int failed = 0;
+    for (;;) {
+        int waiting = 0;
+        for (int k = 0; k < m->queued; k++)
+            if (m->queue_writer[k] == w->index && m->queue_message[k] == i) waiting = 1;
+        if (!waiting) break;
+        if (m->committing) { pthread_cond_wait(&m->changed, &m->mutex); continue; }
+        m->committing = 1;
+        int n = m->queued;
+        int qw[64], qm[64];
+        memcpy(qw, m->queue_writer, sizeof(int) * (size_t)n);
+        memcpy(qm, m->queue_message, sizeof(int) * (size_t)n);
+        m->queued = 0;
+        m->rounds++;
+        pthread_mutex_unlock(&m->mutex);
+        char lines[64 * 96];
+        size_t len = 0;
+        for (int k = 0; k < n && !failed; k++) {
+            char name[64];
+            snprintf(name, sizeof name, "%d.w%d.m%d", (int)getpid(), qw[k], qm[k]);
+            if (renameat(m->tmp_fd, name, m->new_fd, name) != 0) { fail("rename", name); failed = 1; }
+            len += (size_t)snprintf(lines + len, sizeof lines - len, "%u :%s\n", m->next_uid++, name);
+        }
+        if (!failed && write(m->list, lines, len) != (ssize_t)len) { fail("write", "dovecot-uidlist"); failed = 1; }
+        if (!failed && fdatasync(m->list) != 0) { fail("fdatasync", "dovecot-uidlist"); failed = 1; }
+        if (!failed && fsync(m->new_fd) != 0) { fail("fsync", "new/"); failed = 1; }
+        pthread_mutex_lock(&m->mutex);
+        m->committing = 0;
+        pthread_cond_broadcast(&m->changed);
+        if (failed) break;
+    }
+    pthread_mutex_unlock(&m->mutex);
+    return failed ? -1 : 0;
 }
 
 static void *run(void *arg) {
@@ -59,6 +123,10 @@ static void *run(void *arg) {
         if (w->failed) { close(fd); break; }
         if (fsync(fd) != 0) { fail("fsync", tmp); w->failed = 1; close(fd); break; }
         if (close(fd) != 0) { fail("close", tmp); w->failed = 1; break; }
+        if (with_list) {
+            if (commit(w, i) != 0) { w->failed = 1; break; }
+            continue;
+        }
         if (rename(tmp, dst) != 0) { fail("rename", tmp); w->failed = 1; break; }
         if (fsync(dfd) != 0) { fail("fsync", new_dir); w->failed = 1; break; }
     }
@@ -77,15 +145,16 @@ static int make_maildir(const char *dir) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 5 || argc > 6) {
-        fprintf(stderr, "usage: limit DIR WRITERS DIRECTORIES MESSAGES [SIZE]\n");
+    if (argc < 5 || argc > 7 || (argc == 7 && strcmp(argv[6], "list") != 0)) {
+        fprintf(stderr, "usage: limit DIR WRITERS DIRECTORIES MESSAGES [SIZE [list]]\n");
         return 64;
     }
     root = argv[1];
     int writers = atoi(argv[2]), dirs = atoi(argv[3]), messages = atoi(argv[4]);
-    if (argc == 6) size = (size_t)atol(argv[5]);
-    if (writers < 1 || messages < writers || (dirs != 1 && dirs != writers) || size == 0) {
-        fprintf(stderr, "limit: need WRITERS >= 1, MESSAGES >= WRITERS, DIRECTORIES 1 or WRITERS, SIZE > 0\n");
+    if (argc >= 6) size = (size_t)atol(argv[5]);
+    with_list = argc == 7;
+    if (writers < 1 || writers > 64 || messages < writers || (dirs != 1 && dirs != writers) || size == 0) {
+        fprintf(stderr, "limit: need 1 <= WRITERS <= 64, MESSAGES >= WRITERS, DIRECTORIES 1 or WRITERS, SIZE > 0\n");
         return 64;
     }
     buffer = malloc(size);
@@ -100,6 +169,25 @@ int main(int argc, char **argv) {
         w[i].count = messages / writers + (i < messages % writers ? 1 : 0);
         snprintf(w[i].dir, sizeof w[i].dir, "%s/m%d", root, dirs == 1 ? 0 : i);
         if (make_maildir(w[i].dir) != 0) return 1;
+        w[i].maildir = &maildirs[dirs == 1 ? 0 : i];
+    }
+    for (int d = 0; with_list && d < dirs; d++) {
+        struct maildir *m = &maildirs[d];
+        char p[8192];
+        pthread_mutex_init(&m->mutex, NULL);
+        pthread_cond_init(&m->changed, NULL);
+        m->next_uid = 1;
+        m->queue_writer = calloc(64, sizeof(int));
+        m->queue_message = calloc(64, sizeof(int));
+        snprintf(p, sizeof p, "%s/m%d/dovecot-uidlist", root, d);
+        m->list = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (m->list < 0) { fail("open", p); return 1; }
+        if (write(m->list, "3 V1 N1\n", 7) != 7) { fail("write", p); return 1; }
+        snprintf(p, sizeof p, "%s/m%d/new", root, d);
+        m->new_fd = open(p, O_RDONLY | O_DIRECTORY);
+        snprintf(p, sizeof p, "%s/m%d/tmp", root, d);
+        m->tmp_fd = open(p, O_RDONLY | O_DIRECTORY);
+        if (m->new_fd < 0 || m->tmp_fd < 0 || !m->queue_writer || !m->queue_message) { fail("open", p); return 1; }
     }
 
     struct timespec t0, t1;

@@ -7,7 +7,7 @@
 # ratios Nestbox/Dovecot and Nestbox/Cyrus (above 1: Nestbox is faster) and Nestbox/limit;
 # then the peak RSS of nestbox-lmtpd receiving one 50 MB message.
 #
-#   bench/lmtp.sh [--install] [--big] [--rounds N] [--dup | --no-dup] [--keep]
+#   bench/lmtp.sh [--install] [--big] [--rounds N] [--dup | --no-dup] [--history N] [--keep]
 #
 #   --install   apt-get install the missing Debian packages (postfix for smtp-source,
 #               dovecot-core dovecot-lmtpd, cyrus-common); without it the script
@@ -21,6 +21,13 @@
 #   --dup       run only nestbox-lmtpd with duplicatesuppression on (the default setting).
 #   --no-dup    run only nestbox-lmtpd with duplicatesuppression off (as Dovecot, which has none).
 #               Without either, both run.
+#   --history N start nestbox-lmtpd with duplicate suppression on as a server that has
+#               delivered N messages within the expiry (default 3 days): N records spread over
+#               the 256 logs of its duplicate database, plus N/100 expired ones (the server
+#               prunes them at start; the rows begin once it has). A server with 100k
+#               deliveries a day has about 300000 and 2 records a delivery on the last day.
+#               Default 0 (an empty database). The other servers get no history (Dovecot has
+#               no duplicate database; Cyrus's deliver.db starts empty).
 #   --keep      keep the work directory (/tmp/nestbox-lmtp.XXXXXX) with the mail and the logs.
 #
 # Needs root (the servers run as vmail / cyrus). Everything it needs is set up here, in a fresh
@@ -78,7 +85,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 PORT_D=24251 PORT_C=24252 PORT_N=24253 PORT_ND=24254
 SIZE=4096
 BIG_COUNT=100000
-install=no big=no rounds=3 keep=no dups="no yes"
+install=no big=no rounds=3 keep=no dups="no yes" history=0
 
 while [ $# -gt 0 ]; do
   case $1 in
@@ -86,6 +93,7 @@ while [ $# -gt 0 ]; do
     --big) big=yes ;;
     --rounds) shift; rounds=${1:-}; case $rounds in ''|*[!0-9]*|0) echo "--rounds needs a number >= 1" >&2; exit 64 ;; esac ;;
     --keep) keep=yes ;;
+    --history) shift; history=${1:-}; case $history in ''|*[!0-9]*) echo "--history needs a number >= 0" >&2; exit 64 ;; esac ;;
     --dup) dups=yes ;;
     --no-dup) dups=no ;;
     -h|--help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -243,11 +251,37 @@ else
   nb_stale=""
 fi
 
+# fill_history DIR N: N final records with times spread over the last 3 days (the default
+# duplicate_expire), less an hour at each end, and N/100 expired ones, in the 256 logs of the
+# duplicate database DIR (the format of Sources/NestboxStore/DuplicateDB.swift). Their keys are
+# never delivered, and each lands in a log chosen at random rather than by its hash: a
+# lookup's cost is the size of the log it reads.
+fill_history() {
+  mkdir -p "$1"
+  awk -v dir="$1" -v n="$2" -v now="$(date +%s)" -v window=259200 'BEGIN {
+    srand(1)
+    for (i = 0; i < n + int(n / 100); i++) {
+      if (i < n) sec = now - 3600 - int(rand() * (window - 7200))
+      else sec = now - window - 3600 - int(rand() * 86400)
+      key = sprintf("<%d.%08x@mail%d.example.org>%%00Mon,%%2030%%20Nov%%202026%%2012:%02d:%02d%%20+0000%%00user%d", \
+                    i, int(rand() * 4294967295), i % 50, i % 60, (i * 7) % 60, i % 1000)
+      rest = sprintf(" %d %s -", sec, key)
+      len = 2 + length(rest) + 1
+      while (2 + length(len "") + length(rest) != len) len = 2 + length(len "") + length(rest)
+      printf "\nF %d%s", len, rest >> sprintf("%s/%02x.log", dir, int(rand() * 256))
+    }
+  }' || return 1
+}
+
 start_nestbox() { # id (nestbox-nodup or nestbox-dup)
-  local d=$work/$1 port
+  local d=$work/$1 port n
   port=$(port_of "$1")
   mkdir -p "$d/mail"
-  chown vmail:"$(id -g vmail)" "$d/mail"
+  if [ "$1" = nestbox-dup ] && [ "$history" -gt 0 ] && [ ! -d "$d/mail/.nestbox/duplicates" ]; then
+    say "duplicate database of $1: $history records and $((history / 100)) expired ones ..."
+    fill_history "$d/mail/.nestbox/duplicates" "$history" || { say "could not write the history"; return 1; }
+  fi
+  chown -R vmail:"$(id -g vmail)" "$d/mail"
   nestbox_write_conf "$d" "$port" "$(dup_of "$1")"
   # Started as root: binds, then switches to vmail. -L: log to a file like Dovecot does.
   "$nb_bin" -C "$d/nestbox.conf" -L 2>>"$d/lmtpd.log" </dev/null &
@@ -256,6 +290,12 @@ start_nestbox() { # id (nestbox-nodup or nestbox-dup)
     tail -n 20 "$d/lmtpd.log" >&2
     stop_nestbox "$1"
     return 1
+  fi
+  # With a history, the prune at start (which rewrites the logs) must not overlap the rows.
+  if [ "$1" = nestbox-dup ] && [ "$history" -ge 100 ] && ! grep -q "duplicate database: pruned" "$d/lmtpd.log"; then
+    n=600
+    while [ $n -gt 0 ] && ! grep -q "duplicate database: pruned" "$d/lmtpd.log"; do sleep 0.5; n=$((n - 1)); done
+    [ $n -gt 0 ] || { say "$1: no prune at start within 300 s (log: $d/lmtpd.log)"; return 1; }
   fi
 }
 
@@ -527,7 +567,7 @@ dup_label() { case $1 in nestbox-dup) echo on ;; nestbox-nodup) echo off ;; esac
 {
   echo
   echo "LMTP on 127.0.0.1, messages/s (median of $rounds rounds), fsync on every delivery; $(nproc) cores, $(uname -r)"
-  echo "dovecot $(dovecot --version | awk '{ print $1 }'), cyrus $(dpkg-query -W -f '${Version}' cyrus-common 2>/dev/null), nestbox $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$( [ -n "$(git -C "$repo" status --porcelain -- Sources 2>/dev/null)" ] && echo '+changes')${nb_stale}; duplicate suppression: cyrus on, dovecot has none"
+  echo "dovecot $(dovecot --version | awk '{ print $1 }'), cyrus $(dpkg-query -W -f '${Version}' cyrus-common 2>/dev/null), nestbox $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)$( [ -n "$(git -C "$repo" status --porcelain -- Sources 2>/dev/null)" ] && echo '+changes')${nb_stale}; duplicate suppression: cyrus on, dovecot has none$( [ "$history" -gt 0 ] && echo "; nestbox (on) started with $history records of history")"
   echo "disk limit (create in tmp/, write 4 KiB, fsync, rename into new/, fsync new/; $(df -PT "$work" | awk 'NR == 2 { print $2 " on " $1 }'))"
   echo "  before the rows: $limit_before"
   echo "  after the rows:  $limit_after"

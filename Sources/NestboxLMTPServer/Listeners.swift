@@ -179,6 +179,11 @@ extension LMTPServer {
             .serverChannelOption(ChannelOptions.autoRead, value: false)
             .childChannelOption(ChannelOptions.autoRead, value: true)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            // Reads of at least 8 KiB: a small message with its end arrives in one read(2)
+            // (NIO's default shrinks to 2 KiB after the short command lines, and a 4 KiB
+            // message then takes three reads); up to 64 KiB for big ones.
+            .childChannelOption(ChannelOptions.recvAllocator,
+                                value: AdaptiveRecvByteBufferAllocator(minimum: 8192, initial: 16384, maximum: 65536))
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try self.initialize(channel)

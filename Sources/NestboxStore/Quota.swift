@@ -82,40 +82,71 @@ public struct MaildirSize: Equatable, Sendable {
 
     /// nil when line 1 is not a limits line. Parsed from the bytes (it runs on every delivery).
     public static func parse(_ bytes: [UInt8]) -> MaildirSize? {
-        var lines = bytes.split(separator: 10, omittingEmptySubsequences: false)
-        if lines.last?.isEmpty == true { lines.removeLast() }
-        guard let first = lines.first else { return nil }
-        var firstLine = first
-        if firstLine.last == 13 { firstLine = firstLine.dropLast() }
-        guard let limits = QuotaLimits.parse(Substring(String(decoding: firstLine, as: UTF8.self))) else { return nil }
-        var usage = QuotaUsage()
-        var count = 0
-        var damaged = false
-        for line in lines.dropFirst() {
-            guard let (b, c) = parseDelta(line) else {
-                damaged = true
-                continue
-            }
-            usage.bytes += b
-            usage.messages += c
-            count += 1
+        bytes.withUnsafeBufferPointer { all in
+            guard let (limits, body) = parseLimits(all) else { return nil }
+            var size = MaildirSize(limits: limits, usage: QuotaUsage(), dataLines: 0, damaged: false)
+            let end = size.addLines(all, from: body)
+            size.addLastLine(all, from: end)
+            return size
         }
-        return MaildirSize(limits: limits, usage: usage, dataLines: count, damaged: damaged)
+    }
+
+    /// Line 1's limits and where the next line starts (the end when line 1 has no newline).
+    static func parseLimits(_ all: UnsafeBufferPointer<UInt8>) -> (QuotaLimits, Int)? {
+        guard !all.isEmpty else { return nil }
+        let newline = all.firstIndex(of: 10)
+        var end = newline ?? all.count
+        if end > 0 && all[end - 1] == 13 { end -= 1 }
+        guard let limits = QuotaLimits.parse(Substring(String(decoding: UnsafeBufferPointer(rebasing: all[0..<end]), as: UTF8.self))) else {
+            return nil
+        }
+        return (limits, newline.map { $0 + 1 } ?? all.count)
+    }
+
+    /// Adds the delta lines that end with a newline in `all[from...]`; returns where the last
+    /// of them ends (where a line still being written, or the end, begins).
+    mutating func addLines(_ all: UnsafeBufferPointer<UInt8>, from: Int) -> Int {
+        var start = from
+        var i = from
+        while i < all.count {
+            if all[i] == 10 {
+                addLine(all, start, i)
+                start = i + 1
+            }
+            i += 1
+        }
+        return start
+    }
+
+    /// Adds what follows the last newline, if anything: a last line without its newline.
+    mutating func addLastLine(_ all: UnsafeBufferPointer<UInt8>, from: Int) {
+        if from < all.count { addLine(all, from, all.count) }
+    }
+
+    private mutating func addLine(_ all: UnsafeBufferPointer<UInt8>, _ start: Int, _ end: Int) {
+        guard let (b, c) = MaildirSize.parseDelta(all, start, end) else {
+            damaged = true
+            return
+        }
+        usage.bytes += b
+        usage.messages += c
+        dataLines += 1
     }
 
     /// `<bytes> <count>` with any white space, each possibly negative.
-    static func parseDelta(_ line: ArraySlice<UInt8>) -> (Int64, Int64)? {
-        var numbers: [Int64] = []
-        var i = line.startIndex
+    static func parseDelta(_ line: UnsafeBufferPointer<UInt8>, _ start: Int, _ end: Int) -> (Int64, Int64)? {
+        var numbers: (Int64, Int64) = (0, 0)
+        var found = 0
+        var i = start
         func isSpace(_ b: UInt8) -> Bool { b == 32 || b == 9 || b == 13 }
-        while i < line.endIndex {
-            while i < line.endIndex && isSpace(line[i]) { i += 1 }
-            if i == line.endIndex { break }
+        while i < end {
+            while i < end && isSpace(line[i]) { i += 1 }
+            if i == end { break }
             var negative = false
             if line[i] == UInt8(ascii: "-") { negative = true; i += 1 }
             var value: Int64 = 0
             var digits = 0
-            while i < line.endIndex, line[i] >= 48, line[i] <= 57 {
+            while i < end, line[i] >= 48, line[i] <= 57 {
                 let (m, o1) = value.multipliedReportingOverflow(by: 10)
                 let (a, o2) = m.addingReportingOverflow(Int64(line[i] - 48))
                 if o1 || o2 { return nil }
@@ -123,10 +154,15 @@ public struct MaildirSize: Equatable, Sendable {
                 digits += 1
                 i += 1
             }
-            if digits == 0 || (i < line.endIndex && !isSpace(line[i])) { return nil }
-            numbers.append(negative ? -value : value)
+            if digits == 0 || (i < end && !isSpace(line[i])) { return nil }
+            switch found {
+            case 0: numbers.0 = negative ? -value : value
+            case 1: numbers.1 = negative ? -value : value
+            default: return nil
+            }
+            found += 1
         }
-        return numbers.count == 2 ? (numbers[0], numbers[1]) : nil
+        return found == 2 ? numbers : nil
     }
 
     /// Over quota already (non-strict), or would be with `incoming` added (strict).
@@ -223,12 +259,12 @@ public struct QuotaRoot: Sendable {
     /// `again`: a delivery's second look (just before it stores, after the one at RCPT), which
     /// may be answered by what this process read last if the file is unchanged.
     public func current(again: Bool = false) throws -> MaildirSize? {
-        guard let (bytes, parsed) = try MaildirSizeCache.shared.read(path, again: again) else { return nil }
-        guard let parsed else {
-            Log.error("\(path): line 1: bad limits \"\(Names.printable(String(decoding: bytes.prefix(60), as: UTF8.self)))\"; quota not enforced until it is fixed")
+        guard let look = try MaildirSizeCache.shared.read(path, again: again) else { return nil }
+        guard let parsed = look.parsed else {
+            Log.error("\(path): line 1: bad limits \"\(Names.printable(String(decoding: look.head, as: UTF8.self)))\"; quota not enforced until it is fixed")
             return nil
         }
-        guard try needsRecalculation(parsed, fileSize: bytes.count) else { return parsed }
+        guard try needsRecalculation(parsed, fileSize: look.size) else { return parsed }
         if parsed.damaged { Log.warning("\(path): unparsable line; recalculating") }
         return try recalculate(limits: parsed.limits)
     }
@@ -382,20 +418,44 @@ public struct QuotaDefaults: Sendable {
     }
 }
 
-/// The maildirsize files this process read last, by path, parsed, with the identity of what was
-/// read (device, inode, size, mtime, ctime). A delivery checks its quota at RCPT and again just
-/// before it stores: unchanged in between (no delta appended, not rewritten by rename), the
-/// second look is one lstat instead of an open, a read and a parse. Any append changes the
-/// size; a recalculation renames a new file over (another inode). A first look always reads
-/// the file: on NFS an open revalidates what lstat may take from a cache of attributes.
+/// The maildirsize files this process read last, by path: what each look found, and the sum of
+/// the whole lines read so far. A delivery looks at its quota at RCPT and again just before it
+/// stores, and every look of the same mailbox reads only what was appended since the last one:
+/// between recalculations the file only grows (deliveries and removals append one line with
+/// O_APPEND), and a recalculation renames a new file over it (another inode). So when the file
+/// is still the same inode, at least as long, and still holds the same bytes just before where
+/// the last read ended, only the rest is read and parsed; anything else reads it all. (On a
+/// mailbox near the 5120-byte recalculation threshold this is one line instead of 700.)
+/// A second look (`again`) whose lstat finds the file exactly as last read (device, inode,
+/// size, mtime, ctime) is answered without reading. A first look always opens the file: on NFS
+/// an open revalidates what lstat may take from a cache of attributes.
 final class MaildirSizeCache: @unchecked Sendable {
     static let shared = MaildirSizeCache()
 
-    private struct Entry {
-        var identity: [Int]
-        var bytes: [UInt8]
+    /// One look at a maildirsize: its size, its parse (nil when line 1 does not parse), and its
+    /// first bytes (for the message that says so).
+    struct Look {
+        var size: Int
         var parsed: MaildirSize?
+        var head: [UInt8]
     }
+
+    private struct Entry {
+        /// Of the file as last read (nil when it grew while it was read).
+        var identity: [Int]?
+        var look: Look
+        var device: Int
+        var inode: Int
+        /// Where the last whole line read ends (0: read it all next time), the bytes just
+        /// before it, and the parse of everything up to it.
+        var end: Int
+        var tail: [UInt8]
+        var lines: MaildirSize?
+    }
+
+    /// How many bytes before the end of the last read must be unchanged for an append-only read.
+    static let tailLength = 64
+    static let limit = 1 << 20
 
     private var mutex = pthread_mutex_t()
     private var entries: [String: Entry] = [:]
@@ -407,27 +467,92 @@ final class MaildirSizeCache: @unchecked Sendable {
          st.st_ctim.tv_sec, st.st_ctim.tv_nsec]
     }
 
-    /// The file's bytes and their parse (nil when line 1 does not parse); nil: no file.
-    func read(_ path: String, again: Bool) throws -> ([UInt8], MaildirSize?)? {
-        var st = stat()
-        let looked = lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
-        if looked && again {
-            pthread_mutex_lock(&mutex)
-            let hit = entries[path].flatMap { $0.identity == MaildirSizeCache.identity(st) ? $0 : nil }
-            pthread_mutex_unlock(&mutex)
-            if let hit { return (hit.bytes, hit.parsed) }
-        }
-        let bytes = try Files.read(path, limit: 1 << 20)
-        let parsed = bytes.flatMap(MaildirSize.parse)
+    private func entry(_ path: String) -> Entry? {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
-        // Kept only when what was read is what was looked at (nothing appended in between).
-        if let bytes, looked, bytes.count == Int(st.st_size) {
-            if entries.count >= 4096 { entries.removeAll(keepingCapacity: true) }
-            entries[path] = Entry(identity: MaildirSizeCache.identity(st), bytes: bytes, parsed: parsed)
-        } else {
-            entries[path] = nil
+        return entries[path]
+    }
+
+    private func keep(_ path: String, _ entry: Entry?) {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        if entry != nil && entries[path] == nil && entries.count >= 4096 { entries.removeAll(keepingCapacity: true) }
+        entries[path] = entry
+    }
+
+    /// The file as it is now; nil: no file.
+    func read(_ path: String, again: Bool) throws -> Look? {
+        var st = stat()
+        if again, lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG,
+           let known = entry(path), known.identity == MaildirSizeCache.identity(st) {
+            return known.look
         }
-        return bytes.map { ($0, parsed) }
+        guard let fd = try Files.openForReading(path) else {
+            keep(path, nil)
+            return nil
+        }
+        defer { close(fd) }
+        guard fstat(fd, &st) == 0 else { throw NestboxFailure.system("stat", path) }
+        let size = Int(st.st_size)
+        if let known = entry(path), known.end > 0, let lines = known.lines, known.device == Int(st.st_dev),
+           known.inode == Int(st.st_ino), size >= known.end {
+            let from = known.end - known.tail.count
+            let bytes = try MaildirSizeCache.read(fd, from: from, expected: size - from, path: path)
+            if bytes.starts(with: known.tail) {
+                return bytes.withUnsafeBufferPointer { all in
+                    var whole = lines
+                    let end = whole.addLines(all, from: known.tail.count)
+                    var parsed = whole
+                    parsed.addLastLine(all, from: end)
+                    let look = Look(size: from + all.count, parsed: parsed, head: known.look.head)
+                    keep(path, Entry(identity: look.size == size ? MaildirSizeCache.identity(st) : nil, look: look,
+                                     device: known.device, inode: known.inode, end: from + end,
+                                     tail: Array(all[max(0, end - MaildirSizeCache.tailLength)..<end]),
+                                     lines: whole))
+                    return look
+                }
+            }
+        }
+        let bytes = try MaildirSizeCache.read(fd, from: 0, expected: size, path: path)
+        return bytes.withUnsafeBufferPointer { all in
+            var look = Look(size: all.count, parsed: nil, head: Array(all.prefix(60)))
+            var entry = Entry(identity: look.size == size ? MaildirSizeCache.identity(st) : nil, look: look,
+                              device: Int(st.st_dev), inode: Int(st.st_ino), end: 0, tail: [], lines: nil)
+            if let (limits, body) = MaildirSize.parseLimits(all) {
+                var whole = MaildirSize(limits: limits, usage: QuotaUsage(), dataLines: 0, damaged: false)
+                let end = whole.addLines(all, from: body)
+                var parsed = whole
+                parsed.addLastLine(all, from: end)
+                look.parsed = parsed
+                entry.look = look
+                // Read from the end next time only when line 1 has its newline.
+                if body > 0 && all[body - 1] == 10 {
+                    (entry.end, entry.tail, entry.lines) = (end, Array(all[max(0, end - MaildirSizeCache.tailLength)..<end]), whole)
+                }
+            }
+            keep(path, entry)
+            return look
+        }
+    }
+
+    /// From `from` to the end of the file (`expected` bytes, or more if it grew meanwhile). A
+    /// short read of a regular file is its end: one pread(2) when nothing was appended.
+    private static func read(_ fd: Int32, from: Int, expected: Int, path: String) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: max(expected, 0) + 1)
+        var got = 0
+        while true {
+            if got == out.count { out.append(contentsOf: [UInt8](repeating: 0, count: out.count)) }
+            let asked = out.count - got
+            let n = out.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress! + got, asked, off_t(from + got)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw NestboxFailure.system("read", path)
+            }
+            got += n
+            if from + got > limit { throw NestboxFailure(.temporary, "read \(path): file larger than \(limit) bytes") }
+            if n < asked { break }
+        }
+        out.removeLast(out.count - got)
+        return out
     }
 }

@@ -86,6 +86,76 @@ final class DuplicateDBTests: TempDirTestCase {
         }
     }
 
+    /// nestbox-lmtpd's index of each log gives every lookup the answer a full read gives: two
+    /// databases on the same logs, one indexed and one not, are asked about every key after
+    /// each step of a random history: records by either or by a third (as by another process),
+    /// expired records, pending records whose files come and go, torn records, prunes.
+    func testTheIndexAnswersAsAFullReadDoes() throws {
+        let directory = "\(root)/dup"
+        let indexed = DuplicateDB(directory: directory, expiry: 3600, indexed: true)
+        let plain = DuplicateDB(directory: directory, expiry: 3600)
+        let other = DuplicateDB(directory: directory, expiry: 3600)
+        let writers = [indexed, plain, other]
+        TestFS.mkdirs("\(root)/new")
+        TestFS.mkdirs(directory)
+        let keys = (0..<40).map { key("<\($0)@x>") }
+        var state: UInt64 = 0x9e3779b97f4a7c15
+        func random(_ n: Int) -> Int {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int((state >> 33) % UInt64(n))
+        }
+        let now = Int(time(nil))
+        for step in 0..<600 {
+            let k = random(keys.count)
+            let writer = writers[random(writers.count)]
+            let message = "\(root)/new/m\(k)"
+            switch random(10) {
+            case 0, 1: writer.record(keys[k])
+            case 2: writer.record(keys[k], seconds: now - 7200)
+            case 3, 4: writer.recordPending(keys[k], messagePath: message)
+            case 5: TestFS.write(message, "x")
+            case 6: unlink(message)
+            case 7:
+                let line = DuplicateDB.line(.final, seconds: Int64(now), encodedKey: DuplicateDB.encode(keys[k]), path: nil)
+                let fd = open(indexed.logPath(DuplicateDB.bucket(keys[k])), O_WRONLY | O_APPEND | O_CREAT, 0o600)
+                XCTAssertGreaterThanOrEqual(fd, 0)
+                let cut = 1 + random(line.count - 1)
+                XCTAssertEqual(line.withUnsafeBytes { write(fd, $0.baseAddress, cut) }, cut)
+                close(fd)
+            case 8: if random(8) == 0 { _ = try DuplicateDB(directory: directory, expiry: 3600).prune(olderThan: 3600) }
+            default: break
+            }
+            for (i, key) in keys.enumerated() {
+                XCTAssertEqual(indexed.contains(key), plain.contains(key), "step \(step), key \(i)")
+            }
+        }
+    }
+
+    /// An index entry that leads to another key's record (two keys whose hashes meet) never
+    /// suppresses: the whole key is compared, and the log read.
+    func testAnIndexHitOfAnotherKeyReadsTheLog() throws {
+        let a = key("<a@x>")
+        let b = try XCTUnwrap((0..<10_000).lazy.map { self.key("<b\($0)@x>") }.first { DuplicateDB.bucket($0) == DuplicateDB.bucket(a) })
+        let d = DuplicateDB(directory: "\(root)/dup", expiry: 3600, indexed: true)
+        d.record(a)
+        XCTAssertTrue(d.contains(a))
+        XCTAssertFalse(d.contains(b))
+        let fd = open(d.logPath(DuplicateDB.bucket(a)), O_RDONLY)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        var st = stat()
+        XCTAssertEqual(fstat(fd, &st), 0)
+        var index = LogIndex()
+        XCTAssertTrue(index.refresh(fd: fd, st: st))
+        let (ea, eb) = (DuplicateDB.encode(a), DuplicateDB.encode(b))
+        let (ha, hb) = (ea.withUnsafeBufferPointer { LogIndex.hash($0, 0..<$0.count) }, eb.withUnsafeBufferPointer { LogIndex.hash($0, 0..<$0.count) })
+        XCTAssertEqual(index.lookup(eb, oldest: 0, fd: fd, st: st), .absent)
+        index.latest[hb] = index.latest[ha]
+        XCTAssertEqual(index.lookup(eb, oldest: 0, fd: fd, st: st), .readTheLog)
+        XCTAssertEqual(index.lookup(ea, oldest: 0, fd: fd, st: st), .found)
+        XCTAssertEqual(index.lookup(ea, oldest: Int64(time(nil)) + 10, fd: fd, st: st), .readTheLog, "expired")
+    }
+
     func testGarbageInALogIsIgnored() throws {
         let d = db
         d.record(key)

@@ -49,6 +49,62 @@ final class QuotaTests: TempDirTestCase {
         XCTAssertNil(try quota.current(again: true), "gone: no quota")
     }
 
+    /// Every look reads only what was appended since the last one, and always agrees with a
+    /// parse of the whole file: appends (a line still without its newline, a damaged line,
+    /// a thousand lines), a rewrite in place (same inode, longer, other limits), a rename over
+    /// it, line 1 losing its newline, and removal.
+    func testEachLookAgreesWithTheWholeFile() throws {
+        let path = "\(dir)/maildirsize"
+        let cache = MaildirSizeCache()
+        func check(_ step: String, again: Bool = false, file: StaticString = #filePath, line: UInt = #line) throws {
+            let bytes = TestFS.read(path)
+            let look = try cache.read(path, again: again)
+            XCTAssertEqual(look?.size, bytes?.count, step, file: file, line: line)
+            XCTAssertEqual(look?.parsed, bytes.flatMap(MaildirSize.parse), step, file: file, line: line)
+        }
+        func append(_ text: String) {
+            let fd = open(path, O_WRONLY | O_APPEND)
+            XCTAssertGreaterThanOrEqual(fd, 0)
+            XCTAssertEqual(Array(text.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }, text.utf8.count)
+            close(fd)
+        }
+        try check("no file")
+        TestFS.write(path, "1000S\n100 1\n")
+        try check("new")
+        append("50 1\n")
+        try check("one line appended", again: true)
+        append("-20 -1")
+        try check("a line without its newline")
+        append("\n7 1\n")
+        try check("its newline, and one more")
+        let inode = try XCTUnwrap(Files.status(path)).st_ino
+        TestFS.write(path, "2000S,5C\n1 1\n2 1\n3 1\n4 1\n5 1\n6 1\n7 1\n")
+        XCTAssertEqual(try XCTUnwrap(Files.status(path)).st_ino, inode, "rewritten in place")
+        try check("rewritten in place, longer, other limits")
+        XCTAssertEqual(try cache.read(path, again: false)?.parsed?.limits, QuotaLimits(bytes: 2000, messages: 5))
+        append("x y\n")
+        try check("a damaged line")
+        for i in 0..<1000 {
+            append("\(i) 1\n")
+            try check("line \(i)", again: i % 2 == 0)
+        }
+        XCTAssertGreaterThan(TestFS.read(path)?.count ?? 0, 5120)
+        TestFS.write("\(dir)/maildirsize.new", "0S\n4 2\n")
+        XCTAssertEqual(rename("\(dir)/maildirsize.new", path), 0)
+        try check("renamed over")
+        TestFS.write(path, "300S")
+        try check("line 1 without its newline")
+        append("5 1\n")
+        try check("appended to a line 1 without its newline")
+        XCTAssertNil(try cache.read(path, again: false)?.parsed, "line 1 is now 300S5 1")
+        TestFS.write(path, "300S\n")
+        try check("limits only")
+        append("5 1\n")
+        try check("then a line")
+        XCTAssertEqual(unlink(path), 0)
+        try check("gone", again: true)
+    }
+
     func testLimitsLine() {
         XCTAssertEqual(QuotaLimits(bytes: 10_485_760, messages: 1000).line, "10485760S,1000C")
         XCTAssertEqual(QuotaLimits().line, "0S")
