@@ -326,8 +326,11 @@ public final class DuplicateDB: @unchecked Sendable {
     private func append(_ key: [UInt8], _ record: [UInt8]) {
         let bucket = DuplicateDB.bucket(key)
         withLog(bucket, create: true, locked: true) { fd, _ in
+            // One write(2) nearly always; the log's path is spelled out only for a message.
+            let done = record.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            guard done != record.count else { return }
             do {
-                try Files.writeAll(fd, record, path: logPath(bucket))
+                try Files.writeAll(fd, record[max(done, 0)...].map { $0 }, path: logPath(bucket))
             } catch {
                 Log.warning("duplicate database: \(error)")
             }
