@@ -43,7 +43,9 @@ struct maildir {
     int list, new_fd, tmp_fd;
     unsigned next_uid;
     int queued, *queue_writer, *queue_message; /* names w<writer>.m<message> */
-    unsigned long rounds;
+    /* Tickets: a writer's message is committed once `committed` is past its ticket. */
+    unsigned long issued, committed;
+    int failed;
 };
 static struct maildir maildirs[64];
 
@@ -65,24 +67,22 @@ static void fail(const char *what, const char *path) {
 static int commit(struct writer *w, int i) {
     struct maildir *m = w->maildir;
     pthread_mutex_lock(&m->mutex);
+    unsigned long ticket = m->issued++;
     m->queue_writer[m->queued] = w->index;
     m->queue_message[m->queued] = i;
     m->queued++;
-    int failed = 0;
-    for (;;) {
-        int waiting = 0;
-        for (int k = 0; k < m->queued; k++)
-            if (m->queue_writer[k] == w->index && m->queue_message[k] == i) waiting = 1;
-        if (!waiting) break;
+    while (m->committed <= ticket && !m->failed) {
         if (m->committing) { pthread_cond_wait(&m->changed, &m->mutex); continue; }
+        /* This writer's round: everything queued, which includes its own message. */
         m->committing = 1;
         int n = m->queued;
+        unsigned long last = m->issued;
         int qw[64], qm[64];
         memcpy(qw, m->queue_writer, sizeof(int) * (size_t)n);
         memcpy(qm, m->queue_message, sizeof(int) * (size_t)n);
         m->queued = 0;
-        m->rounds++;
         pthread_mutex_unlock(&m->mutex);
+        int failed = 0;
         char lines[64 * 96];
         size_t len = 0;
         for (int k = 0; k < n && !failed; k++) {
@@ -96,9 +96,11 @@ static int commit(struct writer *w, int i) {
         if (!failed && fsync(m->new_fd) != 0) { fail("fsync", "new/"); failed = 1; }
         pthread_mutex_lock(&m->mutex);
         m->committing = 0;
+        m->committed = last;
+        m->failed |= failed;
         pthread_cond_broadcast(&m->changed);
-        if (failed) break;
     }
+    int failed = m->failed;
     pthread_mutex_unlock(&m->mutex);
     return failed ? -1 : 0;
 }
@@ -182,7 +184,7 @@ int main(int argc, char **argv) {
         snprintf(p, sizeof p, "%s/m%d/dovecot-uidlist", root, d);
         m->list = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
         if (m->list < 0) { fail("open", p); return 1; }
-        if (write(m->list, "3 V1 N1\n", 7) != 7) { fail("write", p); return 1; }
+        if (write(m->list, "3 V1 N1\n", 8) != 8) { fail("write", p); return 1; }
         snprintf(p, sizeof p, "%s/m%d/new", root, d);
         m->new_fd = open(p, O_RDONLY | O_DIRECTORY);
         snprintf(p, sizeof p, "%s/m%d/tmp", root, d);

@@ -347,6 +347,9 @@ public final class DuplicateDB: @unchecked Sendable {
         for _ in 0..<8 {
             if descriptors[bucket] < 0 {
                 descriptors[bucket] = openLog(bucket, create: create)
+                // The index belongs to the descriptor: while it is open its inode cannot be
+                // another file's; a new descriptor may be a new file under a reused number.
+                indexes?[bucket] = LogIndex()
                 if descriptors[bucket] < 0 { return }
             }
             let fd = descriptors[bucket]
@@ -389,7 +392,10 @@ public final class DuplicateDB: @unchecked Sendable {
             let legacy = fstatat(dir, hexString([UInt8(bucket)]), &st, AT_SYMLINK_NOFOLLOW) == 0
             pthread_mutex_lock(locks + bucket)
             if !legacy { legacyGone[bucket] = true }
-            if descriptors[bucket] < 0 { descriptors[bucket] = openLog(bucket, in: dir, create: true) }
+            if descriptors[bucket] < 0 {
+                descriptors[bucket] = openLog(bucket, in: dir, create: true)
+                indexes?[bucket] = LogIndex()
+            }
             // Indexed now, so that no client waits for a log's first reading.
             if let indexes, descriptors[bucket] >= 0, fstat(descriptors[bucket], &st) == 0 {
                 _ = indexes[bucket].refresh(fd: descriptors[bucket], st: st)
@@ -611,6 +617,11 @@ struct LogIndex {
             return false
         }
         let base = end
+        // `end` only ever moves to an LF: every line start the index uses is one a full read
+        // uses. The last line (no LF after it yet) is indexed if it is a whole record, and read
+        // again at the next look, as it may still grow: a record appended to it without its LF
+        // (a short write) makes it one line no record parses, for a full read as for the index;
+        // its entry then leads to a line that does not parse, and the lookup reads the log.
         var done = 0
         bytes.withUnsafeBufferPointer { buffer in
             var at = 0
@@ -619,11 +630,10 @@ struct LogIndex {
                 let next = DuplicateDB.newline(buffer, from: start)
                 if let r = DuplicateDB.parse(buffer, line: start..<(next ?? buffer.count)) {
                     latest[LogIndex.hash(buffer, r.key)] = UInt32(base + start)
-                } else if next == nil {
-                    break  // a record still being written: indexed at the next look
                 }
-                at = next ?? buffer.count
-                done = at
+                guard let next else { break }
+                at = next
+                done = next
             }
         }
         end = base + done

@@ -497,8 +497,12 @@ final class MaildirSizeCache: @unchecked Sendable {
         if let known = entry(path), known.end > 0, let lines = known.lines, known.device == Int(st.st_dev),
            known.inode == Int(st.st_ino), size >= known.end {
             let from = known.end - known.tail.count
+            // The first bytes too (line 1 and the first usage line): a file made by a later
+            // recalculation under a reused inode number, long enough and with the same bytes
+            // before `end` (same-sized messages make equal lines), still differs there.
+            let head = from > 0 ? try MaildirSizeCache.read(fd, from: 0, expected: known.look.head.count, path: path, upTo: known.look.head.count) : []
             let bytes = try MaildirSizeCache.read(fd, from: from, expected: size - from, path: path)
-            if bytes.starts(with: known.tail) {
+            if bytes.starts(with: known.tail), from == 0 || head == known.look.head {
                 return bytes.withUnsafeBufferPointer { all in
                     var whole = lines
                     let end = whole.addLines(all, from: known.tail.count)
@@ -535,13 +539,14 @@ final class MaildirSizeCache: @unchecked Sendable {
         }
     }
 
-    /// From `from` to the end of the file (`expected` bytes, or more if it grew meanwhile). A
-    /// short read of a regular file is its end: one pread(2) when nothing was appended.
-    private static func read(_ fd: Int32, from: Int, expected: Int, path: String) throws -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: max(expected, 0) + 1)
+    /// From `from` to the end of the file (`expected` bytes, or more if it grew meanwhile): one
+    /// pread(2) when nothing was appended.
+    /// `upTo`: read no more than that.
+    private static func read(_ fd: Int32, from: Int, expected: Int, path: String, upTo: Int = Int.max) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: min(max(expected, 0) + 1, upTo))
         var got = 0
-        while true {
-            if got == out.count { out.append(contentsOf: [UInt8](repeating: 0, count: out.count)) }
+        while got < upTo {
+            if got == out.count { out.append(contentsOf: [UInt8](repeating: 0, count: min(out.count, upTo - out.count))) }
             let asked = out.count - got
             let n = out.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress! + got, asked, off_t(from + got)) }
             if n < 0 {
@@ -550,7 +555,9 @@ final class MaildirSizeCache: @unchecked Sendable {
             }
             got += n
             if from + got > limit { throw NestboxFailure(.temporary, "read \(path): file larger than \(limit) bytes") }
-            if n < asked { break }
+            // A short read of a local file is its end; on NFS or FUSE one may come before the
+            // size fstat gave, so only the end of the file (0) counts until that size is read.
+            if n == 0 || (n < asked && got >= expected) { break }
         }
         out.removeLast(out.count - got)
         return out

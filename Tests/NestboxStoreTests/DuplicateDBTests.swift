@@ -89,7 +89,8 @@ final class DuplicateDBTests: TempDirTestCase {
     /// nestbox-lmtpd's index of each log gives every lookup the answer a full read gives: two
     /// databases on the same logs, one indexed and one not, are asked about every key after
     /// each step of a random history: records by either or by a third (as by another process),
-    /// expired records, pending records whose files come and go, torn records, prunes.
+    /// expired records, pending records whose files come and go, torn records, records joined
+    /// to the line before them, prunes, and the log removed by a prune and made again.
     func testTheIndexAnswersAsAFullReadDoes() throws {
         let directory = "\(root)/dup"
         let indexed = DuplicateDB(directory: directory, expiry: 3600, indexed: true)
@@ -98,7 +99,9 @@ final class DuplicateDBTests: TempDirTestCase {
         let writers = [indexed, plain, other]
         TestFS.mkdirs("\(root)/new")
         TestFS.mkdirs(directory)
-        let keys = (0..<40).map { key("<\($0)@x>") }
+        // Keys of one log, so that it holds many records and empties entirely when pruned.
+        let keys = Array((0..<20_000).lazy.map { self.key("<\($0)@x>") }.filter { DuplicateDB.bucket($0) == 7 }.prefix(24))
+        XCTAssertEqual(keys.count, 24)
         var state: UInt64 = 0x9e3779b97f4a7c15
         func random(_ n: Int) -> Int {
             state = state &* 6364136223846793005 &+ 1442695040888963407
@@ -109,7 +112,7 @@ final class DuplicateDBTests: TempDirTestCase {
             let k = random(keys.count)
             let writer = writers[random(writers.count)]
             let message = "\(root)/new/m\(k)"
-            switch random(10) {
+            switch random(11) {
             case 0, 1: writer.record(keys[k])
             case 2: writer.record(keys[k], seconds: now - 7200)
             case 3, 4: writer.recordPending(keys[k], messagePath: message)
@@ -123,6 +126,20 @@ final class DuplicateDBTests: TempDirTestCase {
                 XCTAssertEqual(line.withUnsafeBytes { write(fd, $0.baseAddress, cut) }, cut)
                 close(fd)
             case 8: if random(8) == 0 { _ = try DuplicateDB(directory: directory, expiry: 3600).prune(olderThan: 3600) }
+            case 9:
+                switch random(3) {
+                case 0:
+                    // Everything expires: the log goes, and the next record makes a new one.
+                    _ = try DuplicateDB(directory: directory, expiry: 0).prune(olderThan: -10)
+                default:
+                    // A whole record written without its leading LF (a short write finished
+                    // by a second one): it joins the line before it.
+                    let line = DuplicateDB.line(.final, seconds: Int64(now), encodedKey: DuplicateDB.encode(keys[k]), path: nil)
+                    let fd = open(indexed.logPath(DuplicateDB.bucket(keys[k])), O_WRONLY | O_APPEND | O_CREAT, 0o600)
+                    XCTAssertGreaterThanOrEqual(fd, 0)
+                    XCTAssertEqual(line.dropFirst().withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }, line.count - 1)
+                    close(fd)
+                }
             default: break
             }
             for (i, key) in keys.enumerated() {

@@ -84,6 +84,15 @@ final class QuotaTests: TempDirTestCase {
         XCTAssertEqual(try cache.read(path, again: false)?.parsed?.limits, QuotaLimits(bytes: 2000, messages: 5))
         append("x y\n")
         try check("a damaged line")
+        // Another file under the same inode, longer than what was read, with the same bytes
+        // just before where that read ended (lines of same-sized messages), but another start.
+        let same = String(repeating: "4096 1\n", count: 20)
+        TestFS.write(path, "1000S\n" + same)
+        try check("twenty equal lines")
+        TestFS.write(path, "3000S\n9999 9\n" + same + "5 1\n")
+        XCTAssertEqual(try XCTUnwrap(Files.status(path)).st_ino, inode, "rewritten in place")
+        try check("another start, the same bytes before the end of the last read")
+        XCTAssertEqual(try cache.read(path, again: false)?.parsed?.limits, QuotaLimits(bytes: 3000, messages: nil))
         for i in 0..<1000 {
             append("\(i) 1\n")
             try check("line \(i)", again: i % 2 == 0)
