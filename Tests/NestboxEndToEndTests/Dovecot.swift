@@ -2,14 +2,17 @@ import Foundation
 import XCTest
 
 /// Runs the real `doveadm` over one user's Maildir with a throwaway configuration: no daemon,
-/// no userdb lookup (USER/HOME from the environment), mail_uid = the mail owner.
-struct Dovecot {
+/// no userdb lookup (USER/HOME from the environment), mail_uid = the mail owner. The
+/// configuration's directory goes when the last reference does.
+final class Dovecot {
     let mailRoot: String
     let configPath: String
+    private let directory: String
 
     init(mailRoot: String, user: String = "alice") throws {
         self.mailRoot = mailRoot
         let dir = Files.temporaryDirectory()
+        directory = dir
         configPath = "\(dir)/dovecot.conf"
         let conf = """
         mail_location = maildir:\(mailRoot)
@@ -36,6 +39,8 @@ struct Dovecot {
     }
 
     let user: String
+
+    deinit { Harness.removeTree(directory) }
 
     func doveadm(_ args: [String]) throws -> Harness.Result {
         let r = try Harness.run("/usr/bin/doveadm", ["-c", configPath] + args,
