@@ -264,7 +264,6 @@ public final class DuplicateDB: @unchecked Sendable {
             }
         }
         let encoded = DuplicateDB.encode(key)
-        let needle = [32] + encoded + [32]
         var pendingPaths: [String] = []
         var found = false
         let oldest = Int64(wallSeconds() - expiry)
@@ -277,6 +276,7 @@ public final class DuplicateDB: @unchecked Sendable {
                 }
             }
             guard let bytes = try? DuplicateDB.readAll(fd) else { return }
+            let needle = [32] + encoded + [32]
             bytes.withUnsafeBufferPointer { buffer in
                 var from = 0
                 while let at = DuplicateDB.find(needle, in: buffer, from: from) {

@@ -424,7 +424,9 @@ public struct QuotaDefaults: Sendable {
 /// between recalculations the file only grows (deliveries and removals append one line with
 /// O_APPEND), and a recalculation renames a new file over it (another inode). So when the file
 /// is still the same inode, at least as long, and still holds the same bytes just before where
-/// the last read ended, only the rest is read and parsed; anything else reads it all. (On a
+/// the last read ended and the same first bytes (another file under a reused inode number
+/// differs there), only the rest is read and parsed; anything else reads it all. A look is
+/// the file as fstat saw it: what is appended meanwhile is read by the next one. (On a
 /// mailbox near the 5120-byte recalculation threshold this is one line instead of 700.)
 /// A second look (`again`) whose lstat finds the file exactly as last read (device, inode,
 /// size, mtime, ctime) is answered without reading. A first look always opens the file: on NFS
@@ -441,7 +443,7 @@ final class MaildirSizeCache: @unchecked Sendable {
     }
 
     private struct Entry {
-        /// Of the file as last read (nil when it grew while it was read).
+        /// Of the file as last read (nil when less than fstat's size could be read).
         var identity: [Int]?
         var look: Look
         var device: Int
@@ -494,14 +496,18 @@ final class MaildirSizeCache: @unchecked Sendable {
         defer { close(fd) }
         guard fstat(fd, &st) == 0 else { throw NestboxFailure.system("stat", path) }
         let size = Int(st.st_size)
+        // The look is the file as fstat saw it: anything appended after is read next time.
+        guard size <= MaildirSizeCache.limit else {
+            throw NestboxFailure(.temporary, "read \(path): file larger than \(MaildirSizeCache.limit) bytes")
+        }
         if let known = entry(path), known.end > 0, let lines = known.lines, known.device == Int(st.st_dev),
            known.inode == Int(st.st_ino), size >= known.end {
             let from = known.end - known.tail.count
             // The first bytes too (line 1 and the first usage line): a file made by a later
             // recalculation under a reused inode number, long enough and with the same bytes
             // before `end` (same-sized messages make equal lines), still differs there.
-            let head = from > 0 ? try MaildirSizeCache.read(fd, from: 0, expected: known.look.head.count, path: path, upTo: known.look.head.count) : []
-            let bytes = try MaildirSizeCache.read(fd, from: from, expected: size - from, path: path)
+            let head = from > 0 ? try Files.pread(fd, count: known.look.head.count, offset: 0, path: path) : []
+            let bytes = try Files.pread(fd, count: size - from, offset: from, path: path)
             if bytes.starts(with: known.tail), from == 0 || head == known.look.head {
                 return bytes.withUnsafeBufferPointer { all in
                     var whole = lines
@@ -517,7 +523,7 @@ final class MaildirSizeCache: @unchecked Sendable {
                 }
             }
         }
-        let bytes = try MaildirSizeCache.read(fd, from: 0, expected: size, path: path)
+        let bytes = try Files.pread(fd, count: size, offset: 0, path: path)
         return bytes.withUnsafeBufferPointer { all in
             var look = Look(size: all.count, parsed: nil, head: Array(all.prefix(60)))
             var entry = Entry(identity: look.size == size ? MaildirSizeCache.identity(st) : nil, look: look,
@@ -537,29 +543,5 @@ final class MaildirSizeCache: @unchecked Sendable {
             keep(path, entry)
             return look
         }
-    }
-
-    /// From `from` to the end of the file (`expected` bytes, or more if it grew meanwhile): one
-    /// pread(2) when nothing was appended.
-    /// `upTo`: read no more than that.
-    private static func read(_ fd: Int32, from: Int, expected: Int, path: String, upTo: Int = Int.max) throws -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: min(max(expected, 0) + 1, upTo))
-        var got = 0
-        while got < upTo {
-            if got == out.count { out.append(contentsOf: [UInt8](repeating: 0, count: min(out.count, upTo - out.count))) }
-            let asked = out.count - got
-            let n = out.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress! + got, asked, off_t(from + got)) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw NestboxFailure.system("read", path)
-            }
-            got += n
-            if from + got > limit { throw NestboxFailure(.temporary, "read \(path): file larger than \(limit) bytes") }
-            // A short read of a local file is its end; on NFS or FUSE one may come before the
-            // size fstat gave, so only the end of the file (0) counts until that size is read.
-            if n == 0 || (n < asked && got >= expected) { break }
-        }
-        out.removeLast(out.count - got)
-        return out
     }
 }

@@ -110,6 +110,8 @@ final class QuotaTests: TempDirTestCase {
         try check("limits only")
         append("5 1\n")
         try check("then a line")
+        TestFS.write(path, "0S\n" + String(repeating: "1 1\n", count: 300_000))
+        XCTAssertThrowsError(try cache.read(path, again: false), "over 1 MiB: refused, as a whole read refuses it")
         XCTAssertEqual(unlink(path), 0)
         try check("gone", again: true)
     }
